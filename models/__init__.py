@@ -1,0 +1,1 @@
+"""Keras architectures, losses and metrics for mri-triage."""

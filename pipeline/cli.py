@@ -1,0 +1,152 @@
+"""The `mri-triage` command line: one entry point, one subcommand per job.
+
+Each subcommand's handler lives beside the code it drives and is imported only when that subcommand
+runs, so `mri-triage index` never pays for importing TensorFlow, Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# Offline-friendly defaults; a user's own settings win.
+for _key, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def _handler(parser: argparse.ArgumentParser, target: str) -> None:
+    """Bind a subparser to `module:function`, imported lazily when the subcommand runs."""
+    parser.set_defaults(_target=target)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic brain-MRI archive (phantoms with tumours)")
+    p.add_argument("out", help="output folder (created; must be empty or absent)")
+    p.add_argument("--patients", type=int, default=8, help="number of patients (default 8)")
+    p.add_argument("--format", choices=["kaggle", "nifti"], default="kaggle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slices", type=int, default=24, help="axial slices per patient (default 24)")
+    p.add_argument("--image-size", type=int, default=256, help="in-plane size in pixels (default 256)")
+    _handler(p, "pipeline.synthetic:cli_synth")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index an archive: one row per slice, with a summary")
+    p.add_argument("archive", help="archive root (Kaggle LGG layout or NIfTI folders/files)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument("--csv", metavar="PATH", help="also write the per-slice table as CSV")
+    _handler(p, "pipeline.index:cli_index")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="parameter table of every architecture (the paper's Table 3)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--image-size", type=int, default=256)
+    _handler(p, "models.summary:cli_models")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print figures (never asserted)")
+    bsub = p.add_subparsers(dest="bench_what", required=True)
+    m = bsub.add_parser("models", help="batched inference slices/s and GFLOP/s per model")
+    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--image-size", type=int, default=256)
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--models", nargs="*", help="subset of model names")
+    m.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32")
+    m.add_argument("--json", action="store_true")
+    _handler(m, "models.bench:cli_bench_models")
+    t = bsub.add_parser("triage", help="end-to-end triage throughput against the models' own time")
+    t.add_argument("archive")
+    t.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
+    t.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
+    t.add_argument("--threshold", type=float, default=0.99)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--json", action="store_true")
+    _handler(t, "pipeline.bench:cli_bench_triage")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier or segmenter (Prefect flow, MLflow tracked)")
+    tsub = p.add_subparsers(dest="stage", required=True)
+    for stage in ("classifier", "segmenter"):
+        t = tsub.add_parser(stage)
+        t.add_argument("--archive", required=True)
+        t.add_argument("--epochs", type=int, default=None)
+        t.add_argument("--lr", type=float, default=None)
+        t.add_argument("--batch", type=int, default=16)
+        t.add_argument("--image-size", type=int, default=256)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--promote", action="store_true", help="move the champion alias regardless")
+        if stage == "classifier":
+            t.add_argument("--backbone", choices=["resnet50", "vgg16"], default="resnet50")
+            t.add_argument("--weights", default="imagenet", help="imagenet | PATH | none")
+            t.add_argument("--trainable", default="all", help="all | frozen | top:N")
+        else:
+            t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
+            t.add_argument("--loss", default=None, help="dice | bce_dice | tversky | focal_tversky")
+            t.add_argument("--include-empty", action="store_true", help="train on tumour-free slices too")
+        _handler(t, "flows.train:cli_train")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="the paper's Tables 2-4 and test metrics for tracked runs")
+    p.add_argument("--experiment", action="append", help="experiment name (repeatable)")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    _handler(p, "pipeline.compare:cli_compare")
+
+
+def _add_triage(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("triage", help="screen, route and segment every slice of an archive")
+    p.add_argument("archive")
+    p.add_argument("--out", required=True)
+    p.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
+    p.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
+    p.add_argument("--threshold", type=float, default=0.99, help="P(normal) at or above: normal")
+    p.add_argument("--force", action="store_true", help="redo patients already done")
+    p.add_argument("--dask-address", help="tcp://host:port of a Dask scheduler, or 'local'")
+    _handler(p, "flows.triage:cli_triage")
+    s = sub.add_parser("serve", help="serve the triage flow as a scheduled Prefect deployment")
+    s.add_argument("archive")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cron", default="0 2 * * *")
+    s.add_argument("--classifier")
+    s.add_argument("--segmenter")
+    s.add_argument("--threshold", type=float, default=0.99)
+    _handler(s, "flows.triage:cli_serve")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on an embedded default: synth, train, triage")
+    p.add_argument("--out", default="data/demo")
+    _handler(p, "pipeline.demo:cli_demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mri-triage", description="Two-stage brain-MRI tumour triage (research use only)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_index, _add_models, _add_bench, _add_train, _add_compare,
+                _add_triage, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args._target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
