@@ -1,0 +1,86 @@
+"""The triage rule: which slices the classifier may call normal and which go on to the segmenter.
+
+Pure functions over arrays; no I/O, no models. A slice is *normal* when the classifier is at least
+`threshold` sure of it (P(normal) ≥ threshold); everything else — positive or uncertain — is sent to
+the segmenter, and a segmented slice whose post-processed mask is empty is normal after all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROUTE_NORMAL = "normal"
+ROUTE_SEGMENTED = "segmented"
+DEFAULT_THRESHOLD = 0.99
+
+
+def check_threshold(threshold: float) -> float:
+    """Return `threshold` as a float, or raise `ValueError` when it is not in [0, 1]."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return value
+
+
+def route_slices(p_normal: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Decide which slices go to the segmenter.
+
+    Args:
+        p_normal: `(N,)` classifier P(normal) per slice, in [0, 1]. A NaN (a failed prediction) is
+            never trusted as normal.
+        threshold: P(normal) at or above which a slice is normal, in [0, 1].
+
+    Returns:
+        `(N,)` bool, True where the slice is flagged (sent to the segmenter).
+
+    Raises:
+        ValueError: `p_normal` is not 1-D, or holds a finite value outside [0, 1], or the threshold
+            is outside [0, 1].
+    """
+    threshold = check_threshold(threshold)
+    p = np.asarray(p_normal, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_normal must be 1-D (one value per slice), got shape {p.shape}")
+    finite = np.isfinite(p)
+    if np.any((p[finite] < 0.0) | (p[finite] > 1.0)):
+        raise ValueError("p_normal must lie in [0, 1]")
+    # NaN >= t is False, so an unreadable prediction is flagged, never silently called normal.
+    return ~(p >= threshold)
+
+
+def final_labels(flagged: np.ndarray, mask_pixels: np.ndarray) -> np.ndarray:
+    """Per-slice outcome after segmentation: tumour only where a flagged slice kept a mask.
+
+    Args:
+        flagged: `(N,)` bool from `route_slices`.
+        mask_pixels: `(N,)` int, post-processed mask area in pixels (0 for unflagged slices).
+
+    Returns:
+        `(N,)` bool, True where the slice ends up with tumour.
+    """
+    flagged = np.asarray(flagged, dtype=bool)
+    mask_pixels = np.asarray(mask_pixels)
+    if flagged.shape != mask_pixels.shape:
+        raise ValueError(f"shapes differ: flagged {flagged.shape}, mask_pixels {mask_pixels.shape}")
+    return flagged & (mask_pixels > 0)
+
+
+def route_names(flagged: np.ndarray) -> list[str]:
+    """`ROUTE_SEGMENTED` for flagged slices, `ROUTE_NORMAL` for the others."""
+    return [ROUTE_SEGMENTED if f else ROUTE_NORMAL for f in np.asarray(flagged, dtype=bool)]
+
+
+def uncertainty(p_normal: np.ndarray) -> float:
+    """How close the classifier came to a coin toss on the most ambiguous slice.
+
+    Args:
+        p_normal: `(N,)` P(normal) per slice.
+
+    Returns:
+        `max(1 - |2p - 1|)` over finite values, in [0, 1] (1 = a slice at exactly 0.5); 0 for none.
+    """
+    p = np.asarray(p_normal, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    if p.size == 0:
+        return 0.0
+    return float(np.max(1.0 - np.abs(2.0 * p - 1.0)))

@@ -1,0 +1,59 @@
+"""Post-processing: thresholding and small-component removal, with a property test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pipeline.postprocess import postprocess, remove_small_components, threshold_probabilities
+
+
+def test_threshold_at_half_inclusive() -> None:
+    prob = np.array([[[0.49, 0.5], [0.51, 1.0]]], dtype=np.float32)[..., None]
+    assert threshold_probabilities(prob).tolist() == [[[False, True], [True, True]]]
+
+
+def test_drops_small_keeps_large() -> None:
+    prob = np.zeros((2, 32, 32), dtype=np.float32)
+    prob[0, 2:4, 2:4] = 0.9  # 4 px speck
+    prob[0, 10:20, 10:20] = 0.8  # 100 px lesion
+    prob[1, 5, 5] = 0.99  # lone pixel: slice becomes empty
+    out = postprocess(prob, min_component=10)
+    assert out[0, 10:20, 10:20].all()
+    assert not out[0, 2:4, 2:4].any()
+    assert out[0].sum() == 100
+    assert not out[1].any()
+    assert postprocess(prob, min_component=0).sum() == 105
+
+
+def test_diagonal_pixels_are_one_component() -> None:
+    masks = np.zeros((1, 8, 8), dtype=bool)
+    for i in range(5):
+        masks[0, i, i] = True
+    assert remove_small_components(masks, 5).sum() == 5
+    assert remove_small_components(masks, 6).sum() == 0
+
+
+def test_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="probabilities"):
+        threshold_probabilities(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="min_size"):
+        remove_small_components(np.zeros((1, 4, 4), dtype=bool), -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prob=arrays(np.float32, (2, 12, 12), elements=st.floats(0, 1, width=32)),
+    min_component=st.integers(0, 30),
+)
+def test_output_is_subset_of_thresholded(prob: np.ndarray, min_component: int) -> None:
+    out = postprocess(prob, min_component=min_component)
+    thresholded = prob >= 0.5
+    assert out.shape == thresholded.shape
+    assert not np.any(out & ~thresholded)
+    # Idempotent: post-processing a post-processed mask changes nothing.
+    again = remove_small_components(out, min_component)
+    assert np.array_equal(again, out)
