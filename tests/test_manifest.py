@@ -1,0 +1,113 @@
+"""Manifest, atomic writes and the output-folder lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    OutputLockedError,
+    atomic_write_text,
+    clean_staging,
+    commit_dir,
+    files_digest,
+    is_done,
+    load_manifest,
+    output_lock,
+    record_patient,
+    run_key,
+    staging_dir,
+)
+
+
+def test_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
+    with (
+        output_lock(tmp_path),
+        pytest.raises(OutputLockedError, match="another triage run"),
+        output_lock(tmp_path),
+    ):
+        pass
+    with output_lock(tmp_path):  # released on exit
+        assert (tmp_path / LOCK_NAME).exists()
+
+
+def test_lock_blocks_another_process(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from pipeline.manifest import output_lock, OutputLockedError
+        try:
+            with output_lock(Path({str(tmp_path)!r})):
+                sys.exit(0)
+        except OutputLockedError:
+            sys.exit(3)
+        """
+    )
+    with output_lock(tmp_path):
+        held = subprocess.run([sys.executable, "-c", code], check=False)
+    free = subprocess.run([sys.executable, "-c", code], check=False)
+    assert held.returncode == 3
+    assert free.returncode == 0
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+
+
+def test_commit_dir_replaces_old_folder(tmp_path: Path) -> None:
+    final = tmp_path / "P1"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    stage = staging_dir(tmp_path, "P1")
+    (stage / "report.json").write_text("{}")
+    commit_dir(stage, final)
+    assert sorted(p.name for p in final.iterdir()) == ["report.json"]
+    assert not stage.exists()
+    leftover = staging_dir(tmp_path, "P2")
+    clean_staging(tmp_path)
+    assert not leftover.exists()
+
+
+def test_digest_and_key_change_with_inputs(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_bytes(b"1234")
+    b.write_bytes(b"5678")
+    d1 = files_digest([a, b])
+    assert files_digest([a, b]) == d1
+    b.write_bytes(b"5679")
+    d2 = files_digest([a, b])
+    assert d2 != d1
+    models = {"classifier": "3", "segmenter": "1"}
+    settings = {"threshold": 0.99, "min_component": 10}
+    k = run_key(d2, models, settings)
+    assert k == run_key(d2, dict(models), dict(settings))
+    assert k != run_key(d2, {**models, "classifier": "4"}, settings)
+    assert k != run_key(d2, models, {**settings, "threshold": 0.9})
+    assert k != run_key(d1, models, settings)
+
+
+def test_manifest_round_trip_and_done(tmp_path: Path) -> None:
+    assert load_manifest(tmp_path) == {}
+    record_patient(tmp_path, "P1", {"key": "k1", "status": "done"})
+    record_patient(tmp_path, "P2", {"key": "k2", "status": "failed", "reason": "bad"})
+    manifest = load_manifest(tmp_path)
+    assert set(manifest) == {"P1", "P2"}
+    assert not is_done(manifest, tmp_path, "P1", "k1")  # no report in place yet
+    (tmp_path / "P1").mkdir()
+    (tmp_path / "P1" / "report.json").write_text("{}")
+    assert is_done(manifest, tmp_path, "P1", "k1")
+    assert not is_done(manifest, tmp_path, "P1", "other-key")
+    assert not is_done(manifest, tmp_path, "P2", "k2")
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    assert load_manifest(tmp_path) == {}
