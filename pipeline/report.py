@@ -1,0 +1,300 @@
+"""Reports a reader can open: per patient `report.json` + `report.html`, per run `summary.csv` +
+`index.html` (a worklist, tumour found first, then by volume, then by uncertainty).
+
+Everything here is pure (dicts and arrays in, strings and bytes out) except the `write_*` helpers,
+which write atomically. Patient keys appear in these files: they are the user's own outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from pipeline.manifest import atomic_write_text
+
+DISCLAIMER = (
+    "Research use only, not a medical device. Findings must be reviewed by a qualified reader."
+)
+SUMMARY_COLUMNS = [
+    "priority", "patient", "status", "reason", "tumour_found", "volume_ml", "tumour_pixels",
+    "slices", "flagged_slices", "tumour_slices", "largest_slice", "uncertainty", "max_p_tumour",
+    "gate_sensitivity", "dice", "seconds",
+]  # fmt: skip
+_OUTLINE_RGB = (255, 48, 48)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def slice_records(
+    slices: Sequence[int],
+    p_normal: np.ndarray,
+    flagged: np.ndarray,
+    mask_pixels: np.ndarray,
+    spacing: Sequence[float],
+    gt_pixels: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """One record per slice for `report.json`.
+
+    Args:
+        slices: slice numbers as in the archive (Kaggle k, or NIfTI axial index).
+        p_normal: `(N,)` classifier P(normal).
+        flagged: `(N,)` bool, sent to the segmenter.
+        mask_pixels: `(N,)` post-processed mask area in native pixels.
+        spacing: `(sx, sy, sz)` in mm, NaN where unknown.
+        gt_pixels: `(N,)` ground-truth tumour pixels, or None without masks.
+
+    Returns:
+        Dicts with `slice`, `p_tumour`, `route`, `tumour`, `mask_pixels`, `mask_mm2` (None when the
+        in-plane spacing is unknown) and, with ground truth, `gt_pixels`.
+    """
+    pixel_mm2 = _finite(float(spacing[0]) * float(spacing[1]))
+    out = []
+    for i, k in enumerate(slices):
+        px = int(mask_pixels[i])
+        rec: dict[str, Any] = {
+            "slice": int(k),
+            "p_tumour": _finite(1.0 - float(p_normal[i])),
+            "route": "segmented" if flagged[i] else "normal",
+            "tumour": bool(flagged[i] and px > 0),
+            "mask_pixels": px,
+            "mask_mm2": None if pixel_mm2 is None else round(px * pixel_mm2, 3),
+        }
+        if gt_pixels is not None:
+            rec["gt_pixels"] = int(gt_pixels[i])
+        out.append(rec)
+    return out
+
+
+def patient_summary(records: Sequence[Mapping[str, Any]], spacing: Sequence[float]) -> dict:
+    """Per-patient figures from the slice records.
+
+    Returns:
+        `slices`, `flagged_slices`/`tumour_slices` (slice numbers), `tumour_found`, `tumour_pixels`,
+        `volume_ml` (None unless all three spacings are known), `largest_slice` (None without
+        tumour), `max_p_tumour`, `uncertainty` (max of 1 - |2p - 1|, 1 = a coin toss).
+    """
+    voxel_ml = _finite(float(np.prod([float(s) for s in spacing])) / 1000.0)
+    tumour = [r for r in records if r["tumour"]]
+    pixels = int(sum(r["mask_pixels"] for r in tumour))
+    p = [r["p_tumour"] for r in records if r["p_tumour"] is not None]
+    largest = max(tumour, key=lambda r: r["mask_pixels"]) if tumour else None
+    return {
+        "slices": len(records),
+        "flagged_slices": [r["slice"] for r in records if r["route"] == "segmented"],
+        "tumour_slices": [r["slice"] for r in tumour],
+        "tumour_found": bool(tumour),
+        "tumour_pixels": pixels,
+        "volume_ml": None if voxel_ml is None else round(pixels * voxel_ml, 3),
+        "largest_slice": None if largest is None else largest["slice"],
+        "max_p_tumour": max(p) if p else None,
+        "uncertainty": max((1.0 - abs(2.0 * x - 1.0) for x in p), default=0.0),
+    }
+
+
+def overlay_montage(
+    flair: np.ndarray, masks: np.ndarray, captions: Sequence[str], *, tile: int = 192, cols: int = 6
+) -> bytes:
+    """PNG montage of slices with the mask outline drawn over FLAIR.
+
+    Args:
+        flair: `(n, H, W)` float in [0, 1] (channel 1 of the images).
+        masks: `(n, H, W)` bool, native grid.
+        captions: one short caption per tile.
+        tile: tile edge in pixels.
+        cols: tiles per row.
+
+    Returns:
+        PNG bytes (an empty 1×1 image when `n == 0`).
+    """
+    n = len(flair)
+    if n == 0:
+        buf = io.BytesIO()
+        Image.new("RGB", (1, 1)).save(buf, format="PNG")
+        return buf.getvalue()
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    sheet = Image.new("RGB", (cols * tile, rows * tile), (0, 0, 0))
+    for i in range(n):
+        gray = np.clip(np.nan_to_num(flair[i]) * 255.0, 0, 255).astype(np.uint8)
+        rgb = np.repeat(gray[..., None], 3, axis=-1)
+        m = np.asarray(masks[i], dtype=bool)
+        outline = m & ~ndimage.binary_erosion(m, border_value=0)
+        rgb[ndimage.binary_dilation(outline)] = _OUTLINE_RGB
+        img = Image.fromarray(rgb).resize((tile, tile), Image.Resampling.NEAREST)
+        ImageDraw.Draw(img).text((4, 3), captions[i], fill=(255, 255, 0))
+        sheet.paste(img, ((i % cols) * tile, (i // cols) * tile))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return "—" if not math.isfinite(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _page(title: str, body: str) -> str:
+    style = (
+        "body{font-family:sans-serif;margin:1.5em;max-width:1200px}"
+        "table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+        ".notice{background:#fff3cd;border:1px solid #e0c060;padding:8px;margin:1em 0}"
+        ".tumour{background:#fde0e0}.failed{background:#eee;color:#900}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='notice'><b>{html.escape(DISCLAIMER)}</b></p>{body}</body></html>\n"
+    )
+
+
+def render_patient_html(report: Mapping[str, Any], montage_png: bytes | None) -> str:
+    """Self-contained HTML page for one patient (the montage is embedded as base64 PNG)."""
+    s = report["summary"]
+    rows = [
+        ("Slices", s["slices"]),
+        ("Flagged by the classifier (segmented)", len(s["flagged_slices"])),
+        ("Slices with tumour", ", ".join(map(str, s["tumour_slices"])) or "none"),
+        ("Tumour found", "yes" if s["tumour_found"] else "no"),
+        ("Tumour area (pixels)", s["tumour_pixels"]),
+        ("Tumour volume (mL)", _fmt(s["volume_ml"])),
+        ("Largest slice", _fmt(s["largest_slice"])),
+        ("Uncertainty (1 = coin toss)", _fmt(s["uncertainty"])),
+        ("Threshold on P(normal)", report["threshold"]),
+    ]
+    for stage, m in report["models"].items():
+        rows.append((f"{stage} model", f"{m.get('uri', '')} (version {m.get('version', '?')})"))
+    for name, value in report.get("metrics", {}).items():
+        rows.append((f"vs ground truth: {name}", _fmt(value)))
+    table = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    body = f"<table>{table}</table>"
+    if montage_png is not None and s["flagged_slices"]:
+        b64 = base64.b64encode(montage_png).decode("ascii")
+        body += (
+            "<h2>Flagged slices (red outline: predicted tumour over FLAIR)</h2>"
+            f"<img alt='overlay montage' src='data:image/png;base64,{b64}'>"
+        )
+    slice_rows = "".join(
+        f"<tr class='{'tumour' if r['tumour'] else ''}'><td>{r['slice']}</td>"
+        f"<td>{_fmt(r['p_tumour'])}</td><td>{r['route']}</td><td>{r['mask_pixels']}</td>"
+        f"<td>{_fmt(r['mask_mm2'], 1)}</td></tr>"
+        for r in report["slices"]
+    )
+    body += (
+        "<h2>Slices</h2><table><tr><th>slice</th><th>P(tumour)</th><th>route</th>"
+        f"<th>mask px</th><th>mask mm²</th></tr>{slice_rows}</table>"
+    )
+    return _page(f"Triage report: {report['patient']}", body)
+
+
+def record_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The small per-patient record (a `summary.csv` row) from a `report.json` dict."""
+    s = report["summary"]
+    metrics = report.get("metrics", {})
+    return {
+        "patient": report["patient"],
+        "status": report.get("status", "done"),
+        "reason": "",
+        "tumour_found": s["tumour_found"],
+        "volume_ml": s["volume_ml"],
+        "tumour_pixels": s["tumour_pixels"],
+        "slices": s["slices"],
+        "flagged_slices": len(s["flagged_slices"]),
+        "tumour_slices": len(s["tumour_slices"]),
+        "largest_slice": s["largest_slice"],
+        "uncertainty": s["uncertainty"],
+        "max_p_tumour": s["max_p_tumour"],
+        "gate_sensitivity": metrics.get("gate_sensitivity"),
+        "dice": metrics.get("dice"),
+        "seconds": report.get("timings_s", {}).get("total"),
+    }
+
+
+def priority_order(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Worklist order: tumour found first, then by volume (tumour pixels when volume is unknown),
+    then by uncertainty; failed patients last (they are listed separately with their reason)."""
+
+    def key(r: Mapping[str, Any]) -> tuple:
+        failed = r.get("status") == "failed"
+        size = r.get("volume_ml")
+        size = float(r.get("tumour_pixels") or 0) if size is None else float(size)
+        return (failed, not r.get("tumour_found", False), -size, -float(r.get("uncertainty") or 0))
+
+    return sorted(records, key=key)
+
+
+def summary_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    """`summary.csv` text: one row per patient in worklist order, with a `priority` column."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for rank, rec in enumerate(priority_order(records), start=1):
+        row = {k: ("" if rec.get(k) is None else rec.get(k)) for k in SUMMARY_COLUMNS}
+        row["priority"] = rank
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def render_index_html(records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> str:
+    """The run's worklist page, linking each patient's `report.html`."""
+    ordered = priority_order(records)
+    ok = [r for r in ordered if r.get("status") != "failed"]
+    failed = [r for r in ordered if r.get("status") == "failed"]
+    rows = []
+    for rank, r in enumerate(ok, start=1):
+        p = html.escape(str(r["patient"]))
+        rows.append(
+            f"<tr class='{'tumour' if r.get('tumour_found') else ''}'><td>{rank}</td>"
+            f"<td><a href='{p}/report.html'>{p}</a></td>"
+            f"<td>{'yes' if r.get('tumour_found') else 'no'}</td>"
+            f"<td>{_fmt(r.get('volume_ml'))}</td><td>{r.get('tumour_pixels', 0)}</td>"
+            f"<td>{r.get('flagged_slices', 0)}/{r.get('slices', 0)}</td>"
+            f"<td>{_fmt(r.get('uncertainty'))}</td></tr>"
+        )
+    body = "".join(
+        f"<p>{html.escape(str(k))}: {html.escape(_fmt(v))}</p>" for k, v in run_info.items()
+    )
+    body += (
+        "<h2>Worklist</h2><table><tr><th>#</th><th>patient</th><th>tumour</th><th>volume mL</th>"
+        "<th>tumour px</th><th>flagged/slices</th><th>uncertainty</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    if failed:
+        body += (
+            "<h2>Failed</h2><table><tr><th>patient</th><th>reason</th></tr>"
+            + "".join(
+                f"<tr class='failed'><td>{html.escape(str(r['patient']))}</td>"
+                f"<td>{html.escape(str(r.get('reason', '')))}</td></tr>"
+                for r in failed
+            )
+            + "</table>"
+        )
+    return _page("Triage worklist", body)
+
+
+def write_run_reports(
+    out_dir: Path, records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write `summary.csv` and `index.html` atomically; returns their paths."""
+    csv_path, index_path = out_dir / "summary.csv", out_dir / "index.html"
+    atomic_write_text(csv_path, summary_csv(records))
+    atomic_write_text(index_path, render_index_html(records, run_info))
+    return csv_path, index_path
