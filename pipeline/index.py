@@ -1,0 +1,414 @@
+"""The per-slice table of an archive, its summary and fingerprint, and patient-level splits.
+
+`build_index(root)` walks an archive without modifying or following anything outside it:
+Kaggle LGG patient folders (TIFs) and NIfTI cases (folders of sequences, or single files)
+become one row per slice; every file that cannot be used becomes an `errors` entry
+`{"path", "reason"}` and the rest is still indexed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import ArchiveError
+from pipeline.io import read_kaggle_image, read_kaggle_mask
+from pipeline.nifti import (
+    NiftiGeometry,
+    find_sequences,
+    is_nifti,
+    load_header,
+    nifti_stem,
+    sequence_role,
+)
+from pipeline.splits import check_no_leakage, split_patients
+
+__all__ = [
+    "COLUMNS",
+    "SliceIndex",
+    "build_index",
+    "check_no_leakage",
+    "cli_index",
+    "fingerprint",
+    "index_summary",
+    "split_patients",
+]
+
+COLUMNS = [
+    "patient",
+    "slice",
+    "format",
+    "image_path",
+    "mask_path",
+    "has_mask",
+    "tumour_pixels",
+    "height",
+    "width",
+    "spacing_x",
+    "spacing_y",
+    "spacing_z",
+    "source",
+    "image_bytes",
+    "mask_bytes",
+]
+_TIF_SUFFIXES = (".tif", ".tiff")
+#: Documentation beside NIfTI sequences (licences, readmes): neither images nor errors.
+_DOC_SUFFIXES = (".txt", ".md", ".json", ".csv", ".pdf", ".html", ".rst")
+_NAN = float("nan")
+
+
+@dataclass
+class SliceIndex:
+    """Result of `build_index`.
+
+    Attributes:
+        table: one row per slice, columns `COLUMNS`, sorted by patient then slice.
+        errors: `{"path": ..., "reason": ...}` for everything skipped.
+        root: the archive root as given (absolute).
+    """
+
+    table: pd.DataFrame
+    errors: list[dict[str, str]] = field(default_factory=list)
+    root: str = ""
+
+
+@dataclass
+class _Walk:
+    root: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    patients: dict[str, str] = field(default_factory=dict)
+    seen_dirs: set[str] = field(default_factory=set)
+
+    def error(self, path: str | Path, reason: str) -> None:
+        self.errors.append({"path": str(path), "reason": reason})
+
+    def claim(self, patient: str, path: str) -> bool:
+        """Register a patient key; a second case with the same key is an error."""
+        if patient in self.patients:
+            self.error(
+                path, f"duplicate patient key (already indexed from {self.patients[patient]})"
+            )
+            return False
+        self.patients[patient] = path
+        return True
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _entries(walk: _Walk, folder: str) -> tuple[list[str], list[str]]:
+    """Files and folders of `folder` (sorted); symlinks leading outside the archive are errors."""
+    files, dirs = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not _inside(target, walk.root):
+                walk.error(entry.path, "symbolic link leads outside the archive; not followed")
+                continue
+            if not os.path.exists(target):
+                walk.error(entry.path, "broken symbolic link")
+                continue
+        if entry.is_dir():
+            dirs.append(entry.path)
+        elif entry.is_file():
+            files.append(entry.path)
+        else:
+            walk.error(entry.path, "not a regular file or folder")
+    return files, dirs
+
+
+def _walk(walk: _Walk, folder: str) -> None:
+    real = os.path.realpath(folder)
+    if real in walk.seen_dirs:
+        return
+    walk.seen_dirs.add(real)
+    try:
+        files, dirs = _entries(walk, folder)
+    except OSError as exc:
+        walk.error(folder, f"cannot list folder ({exc.strerror or exc})")
+        return
+    names = [os.path.basename(f) for f in files]
+    tifs = [f for f, n in zip(files, names, strict=True) if n.lower().endswith(_TIF_SUFFIXES)]
+    niftis = [f for f, n in zip(files, names, strict=True) if is_nifti(n)]
+    if tifs:
+        _index_kaggle(walk, folder, files, dirs)
+        return
+    if niftis:
+        roles = {sequence_role(os.path.basename(f)) for f in niftis} - {None, "aux"}
+        if roles:
+            _index_nifti_folder(walk, folder, files)
+        else:
+            for path in niftis:
+                _index_nifti_case(walk, path, nifti_stem(os.path.basename(path)))
+    elif not dirs and os.path.realpath(folder) != walk.root:
+        if files:
+            walk.error(folder, "no MRI images (TIF or NIfTI) in folder")
+        else:
+            walk.error(folder, "empty patient folder")
+    for sub in dirs:
+        _walk(walk, sub)
+
+
+def _index_kaggle(walk: _Walk, folder: str, files: list[str], dirs: list[str]) -> None:
+    patient = os.path.basename(folder.rstrip(os.sep))
+    pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$", re.IGNORECASE)
+    images: dict[int, str] = {}
+    masks: dict[int, str] = {}
+    for path in files:
+        match = pattern.match(os.path.basename(path))
+        if match is None:
+            walk.error(path, f"unexpected file in a Kaggle patient folder (not {patient}_<k>.tif)")
+            continue
+        (masks if match.group(2) else images)[int(match.group(1))] = path
+    for sub in dirs:
+        walk.error(sub, "unexpected folder inside a Kaggle patient folder; not indexed")
+    for k in sorted(set(masks) - set(images)):
+        walk.error(masks[k], "mask without its image")
+    if not images or not walk.claim(patient, folder):
+        return
+    reference: tuple[int, ...] | None = None
+    for k in sorted(images):
+        path = images[k]
+        try:
+            pixels = read_kaggle_image(path)
+        except ArchiveError as exc:
+            walk.error(path, exc.reason)
+            continue
+        reference = reference or pixels.shape
+        if pixels.shape != reference:
+            walk.error(path, f"image shape {pixels.shape} differs from the patient's {reference}")
+            continue
+        mask_path, tumour = masks.get(k, ""), 0
+        if mask_path:
+            try:
+                tumour = int(read_kaggle_mask(mask_path, pixels.shape[:2]).sum())
+            except ArchiveError as exc:
+                walk.error(mask_path, exc.reason + "; slice kept without ground truth")
+                mask_path = ""
+        elif masks:
+            walk.error(
+                path, "mask missing (other slices of this patient have one); kept unlabelled"
+            )
+        walk.rows.append(
+            {
+                "patient": patient,
+                "slice": k,
+                "format": "kaggle",
+                "image_path": os.path.abspath(path),
+                "mask_path": os.path.abspath(mask_path) if mask_path else "",
+                "has_mask": bool(mask_path),
+                "tumour_pixels": tumour,
+                "height": int(pixels.shape[0]),
+                "width": int(pixels.shape[1]),
+                "spacing_x": _NAN,
+                "spacing_y": _NAN,
+                "spacing_z": _NAN,
+                "source": os.path.abspath(folder),
+                "image_bytes": os.path.getsize(path),
+                "mask_bytes": os.path.getsize(mask_path) if mask_path else 0,
+            }
+        )
+
+
+def _index_nifti_folder(walk: _Walk, folder: str, files: list[str]) -> None:
+    for path in files:
+        name = os.path.basename(path)
+        if not is_nifti(name) and not name.lower().endswith(_DOC_SUFFIXES):
+            walk.error(path, "unexpected non-image file in a NIfTI patient folder")
+    _index_nifti_case(walk, folder, os.path.basename(folder.rstrip(os.sep)))
+
+
+def _check_volume(path: Path) -> tuple[NiftiGeometry, np.ndarray]:
+    """Header geometry and the stored voxels (unscaled), read once; `ArchiveError` if unusable."""
+    image = load_header(path)
+    geometry = NiftiGeometry.from_header(image)
+    try:
+        data = np.asarray(image.dataobj.get_unscaled())  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise ArchiveError(
+            path, f"corrupt or truncated NIfTI data ({type(exc).__name__}: {exc})"
+        ) from exc
+    return geometry, data.reshape(data.shape[:3])
+
+
+def _index_nifti_case(walk: _Walk, path: str, patient: str) -> None:
+    roles, problems = find_sequences(Path(path))
+    walk.errors.extend(problems)
+    if "flair" not in roles:
+        found = ", ".join(sorted(roles)) or "none"
+        walk.error(path, f"no FLAIR sequence (need *_flair, *-t2f or Flair*; found: {found})")
+        return
+    try:
+        geometry, _ = _check_volume(roles["flair"])
+        tumour = np.zeros(geometry.canonical_shape[2], dtype=np.int64)
+        for role in ("t1", "t1ce", "seg"):
+            if role not in roles:
+                continue
+            other, data = _check_volume(roles[role])
+            if other.shape != geometry.shape or not np.allclose(
+                other.affine, geometry.affine, 1e-3
+            ):
+                raise ArchiveError(roles[role], f"grid {other.shape} differs from the FLAIR file's")
+            if role == "seg":
+                tumour = (geometry.canonical(data) > 0).sum(axis=(0, 1))
+    except ArchiveError as exc:
+        walk.error(exc.path, exc.reason)
+        return
+    if not walk.claim(patient, path):
+        return
+    seg = roles.get("seg")
+    x, y, depth = geometry.canonical_shape
+    common = {
+        "patient": patient,
+        "format": "nifti",
+        "image_path": os.path.abspath(roles["flair"]),
+        "mask_path": os.path.abspath(seg) if seg else "",
+        "has_mask": seg is not None,
+        "height": x,
+        "width": y,
+        "spacing_x": geometry.spacing[0],
+        "spacing_y": geometry.spacing[1],
+        "spacing_z": geometry.spacing[2],
+        "source": os.path.abspath(path),
+        "image_bytes": os.path.getsize(roles["flair"]),
+        "mask_bytes": os.path.getsize(seg) if seg else 0,
+    }
+    walk.rows.extend({**common, "slice": z, "tumour_pixels": int(tumour[z])} for z in range(depth))
+
+
+def build_index(root: str | Path) -> SliceIndex:
+    """Index an archive: one row per slice, every unusable file reported in `errors`.
+
+    Nothing in the archive is modified; symbolic links leading outside it are not followed.
+
+    Args:
+        root: archive root (Kaggle LGG layout, NIfTI folders/files, or a mix).
+
+    Returns:
+        The table (columns `COLUMNS`, sorted by patient then slice number) and the errors.
+
+    Raises:
+        ArchiveError: `root` is not a readable folder.
+    """
+    base = Path(root).absolute()
+    if not base.is_dir():
+        raise ArchiveError(base, "archive folder not found")
+    walk = _Walk(root=os.path.realpath(base))
+    _walk(walk, str(base))
+    if not walk.rows and not walk.errors:
+        walk.error(base, "no MRI images (TIF or NIfTI) found")
+    table = pd.DataFrame(walk.rows, columns=COLUMNS)
+    table = table.astype(
+        {
+            "patient": str,
+            "slice": "int64",
+            "has_mask": bool,
+            "tumour_pixels": "int64",
+            "height": "int64",
+            "width": "int64",
+            "spacing_x": float,
+            "spacing_y": float,
+            "spacing_z": float,
+            "image_bytes": "int64",
+            "mask_bytes": "int64",
+        }
+    )
+    table = table.sort_values(["patient", "slice"], kind="stable").reset_index(drop=True)
+    return SliceIndex(table=table, errors=walk.errors, root=str(base))
+
+
+def index_summary(index: SliceIndex) -> dict[str, Any]:
+    """Counts of an index, fit for JSON (no patient keys except inside error paths).
+
+    Returns:
+        `patients`, `slices`, `tumour_slices` (tumour pixels > 0), `labelled_slices`
+        (has ground truth), `normal_slices` (labelled, no tumour), `patients_by_format`,
+        `fingerprint`, `errors` (the list of `{path, reason}`).
+    """
+    table = index.table
+    tumour = table["tumour_pixels"] > 0
+    return {
+        "patients": int(table["patient"].nunique()),
+        "slices": len(table),
+        "tumour_slices": int(tumour.sum()),
+        "labelled_slices": int(table["has_mask"].sum()),
+        "normal_slices": int((table["has_mask"] & ~tumour).sum()),
+        "patients_by_format": {
+            str(k): int(v) for k, v in table.groupby("format")["patient"].nunique().items()
+        },
+        "fingerprint": fingerprint(table),
+        "errors": list(index.errors),
+    }
+
+
+def fingerprint(table: pd.DataFrame) -> str:
+    """Stable SHA-256 (hex) of an index: relative paths, sizes, labels; no absolute paths.
+
+    The same archive gives the same fingerprint wherever it is unpacked, and any added,
+    removed, resized or relabelled slice changes it.
+    """
+    if table.empty:
+        return hashlib.sha256(b"empty index").hexdigest()
+    paths = [p for p in table["image_path"].tolist() + table["mask_path"].tolist() if p]
+    base = os.path.commonpath([os.path.dirname(p) for p in paths])
+    digest = hashlib.sha256()
+    ordered = table.sort_values(["patient", "slice"], kind="stable")
+    for row in ordered.itertuples(index=False):
+        mask = os.path.relpath(str(row.mask_path), base) if row.mask_path else ""
+        fields = (
+            os.path.relpath(str(row.image_path), base),
+            mask,
+            row.slice,
+            row.format,
+            row.image_bytes,
+            row.mask_bytes,
+            bool(row.has_mask),
+            row.tumour_pixels,
+            row.height,
+            row.width,
+        )
+        digest.update(("|".join(map(str, fields)) + "\n").encode())
+    return digest.hexdigest()
+
+
+def cli_index(args: argparse.Namespace) -> int:
+    """`mri-triage index ARCHIVE [--json] [--csv PATH]`; exit status 2 when anything was skipped."""
+    started = time.perf_counter()
+    try:
+        index = build_index(args.archive)
+    except ArchiveError as exc:
+        if args.json:
+            print(json.dumps({"errors": [{"path": exc.path, "reason": exc.reason}]}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    summary = index_summary(index)
+    summary["seconds"] = round(seconds, 3)
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        index.table.to_csv(args.csv, index=False)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{summary['patients']} patients, {summary['slices']} slices, "
+            f"{summary['tumour_slices']} with tumour, {summary['normal_slices']} labelled normal, "
+            f"{len(index.errors)} errors ({seconds:.2f} s)"
+        )
+        for item in index.errors:
+            print(f"  skipped {item['path']}: {item['reason']}")
+    return 2 if index.errors else 0

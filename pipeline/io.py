@@ -1,0 +1,271 @@
+"""Read a patient's slices from an archive and write predicted masks back in its own layout.
+
+Two layouts: Kaggle LGG (`<patient>/<patient>_<k>.tif`, 256×256×3 uint8, with
+`<patient>_<k>_mask.tif` 0/255) and NIfTI (see `pipeline.nifti`). `load_patient` takes the
+index rows of one patient (`pipeline.index.build_index`) and returns pixels in memory as
+`(N, H, W, 3)` float32 in [0, 1]; `PatientSlices.write_masks` writes predictions back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from pipeline.errors import ArchiveError
+from pipeline.nifti import (
+    NiftiCase,
+    NiftiGeometry,
+    load_nifti_case,
+    write_nifti_mask,
+)
+from pipeline.preprocess import PreprocessConfig
+
+__all__ = [
+    "ArchiveError",
+    "NiftiCase",
+    "NiftiGeometry",
+    "PatientSlices",
+    "load_nifti_case",
+    "load_patient",
+    "read_kaggle_image",
+    "read_kaggle_mask",
+    "read_tif",
+    "write_nifti_mask",
+    "write_tif_mask",
+]
+
+NAN3 = (float("nan"), float("nan"), float("nan"))
+
+
+def read_tif(path: str | Path) -> np.ndarray:
+    """Read a TIF as stored (RGB order for colour images, never BGR).
+
+    Raises:
+        ArchiveError: the file is missing, corrupt or truncated.
+    """
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            if not tif.pages:
+                raise ValueError("no image in file")
+            page = tif.pages.first
+            expected = int(np.prod(page.shape)) * page.dtype.itemsize if page.dtype else 0
+            if page.is_contiguous and page.dataoffsets:
+                end = page.dataoffsets[0] + expected
+                size = os.path.getsize(path)
+                if end > size:
+                    raise ValueError(f"truncated: needs {end} bytes, file has {size}")
+            return np.asarray(page.asarray())
+    except ArchiveError:
+        raise
+    except Exception as exc:  # tifffile raises several types for bad files
+        raise ArchiveError(path, f"unreadable TIF ({type(exc).__name__}: {exc})") from exc
+
+
+def read_kaggle_image(path: str | Path) -> np.ndarray:
+    """A Kaggle slice as `(H, W, 3)` uint8 (pre-contrast, FLAIR, post-contrast).
+
+    A single-channel TIF is copied to three channels.
+
+    Raises:
+        ArchiveError: unreadable, or not an 8-bit `(H, W)`/`(H, W, 3)` image.
+    """
+    pixels = read_tif(path)
+    if pixels.dtype != np.uint8:
+        raise ArchiveError(path, f"expected 8-bit pixels, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ArchiveError(path, f"expected an (H, W, 3) image, got shape {pixels.shape}")
+    return pixels
+
+
+def read_kaggle_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A Kaggle mask (0/255) as `(H, W)` bool; `shape` checks it matches its image.
+
+    Raises:
+        ArchiveError: unreadable, or its size differs from `shape`.
+    """
+    pixels = read_tif(path)
+    if pixels.ndim == 3:  # some tools save masks as RGB
+        pixels = pixels.max(axis=-1)
+    if pixels.ndim != 2:
+        raise ArchiveError(path, f"expected an (H, W) mask, got shape {pixels.shape}")
+    if shape is not None and pixels.shape != tuple(shape):
+        got = "x".join(map(str, pixels.shape))
+        want = "x".join(map(str, shape))
+        raise ArchiveError(path, f"mask is {got} but its image is {want}")
+    return pixels > 0
+
+
+def _atomic_write(path: Path, write: object) -> None:
+    """Call `write(tmp_path)` then rename onto `path`, leaving nothing half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)  # type: ignore[operator]
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_tif_mask(mask: np.ndarray, path: str | Path) -> Path:
+    """Write an `(H, W)` mask as 0/255 uint8 TIF (atomically)."""
+    pixels = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
+    out = Path(path)
+    _atomic_write(out, lambda tmp: tifffile.imwrite(tmp, pixels, photometric="minisblack"))
+    return out
+
+
+@dataclass
+class PatientSlices:
+    """All (or the selected) slices of one patient, in memory.
+
+    Attributes:
+        patient: patient key (an identifier: keep it out of logs).
+        format: "kaggle" or "nifti".
+        slices: slice numbers in order (Kaggle k, 1-based; NIfTI canonical axial z, 0-based).
+        images: `(N, H, W, 3)` float32 in [0, 1], channels (T1, FLAIR, T1ce).
+        masks: `(N, H, W)` bool ground truth, or None when the patient has none at all.
+        spacing: `(sx, sy, sz)` mm; NaN when unknown (Kaggle).
+        has_mask: `(N,)` bool, False where a slice's ground truth is missing (its mask row is
+            all False then and must not be used as a label).
+        image_paths: source file of each slice.
+        geometry: NIfTI stored grid and reorientation (None for Kaggle).
+    """
+
+    patient: str
+    format: str
+    slices: list[int]
+    images: np.ndarray
+    masks: np.ndarray | None
+    spacing: tuple[float, float, float]
+    has_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    image_paths: list[str] = field(default_factory=list)
+    geometry: NiftiGeometry | None = None
+
+    @property
+    def native_hw(self) -> tuple[int, int]:
+        """Native `(H, W)` of the slices."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def write_masks(self, pred: np.ndarray, out_dir: str | Path) -> list[Path]:
+        """Write predicted masks in the input's own layout.
+
+        Kaggle: one `<patient>_<k>_pred.tif` per slice (0/255 uint8, native size).
+        NIfTI: one `<patient>_pred.nii.gz` (uint8 0/1) in the input's grid, affine and shape;
+        slices not in `self.slices` are written as 0.
+
+        Args:
+            pred: `(N, H, W)` bool, same N, H, W as `images`.
+            out_dir: output folder (created).
+
+        Returns:
+            Paths written.
+        """
+        mask = np.asarray(pred) > 0
+        want = (len(self.slices), *self.native_hw)
+        if mask.shape != want:
+            raise ValueError(f"pred shape {mask.shape} differs from the patient's {want}")
+        out = Path(out_dir)
+        if self.format == "kaggle":
+            return [
+                write_tif_mask(m, out / f"{self.patient}_{k}_pred.tif")
+                for k, m in zip(self.slices, mask, strict=True)
+            ]
+        if self.geometry is None:
+            raise ValueError("NIfTI patient without geometry; cannot write a mask back")
+        canonical = np.zeros(self.geometry.canonical_shape, dtype=bool)
+        canonical[:, :, self.slices] = np.transpose(mask, (1, 2, 0))
+        return [write_nifti_mask(canonical, self.geometry, out / f"{self.patient}_pred.nii.gz")]
+
+
+def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
+    if rows.empty:
+        raise ValueError("load_patient needs at least one index row")
+    patients = rows["patient"].unique()
+    formats = rows["format"].unique()
+    if len(patients) != 1 or len(formats) != 1:
+        raise ValueError(f"load_patient needs the rows of one patient, got {len(patients)}")
+    return str(patients[0]), str(formats[0])
+
+
+def _load_kaggle(patient: str, rows: pd.DataFrame) -> PatientSlices:
+    images, masks = [], []
+    for row in rows.itertuples(index=False):
+        pixels = read_kaggle_image(str(row.image_path))
+        images.append(pixels)
+        if row.has_mask and row.mask_path:
+            masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2]))
+        else:
+            masks.append(np.zeros(pixels.shape[:2], dtype=bool))
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ArchiveError(
+            rows["image_path"].iloc[0], f"slices of one patient differ in size {sorted(shapes)}"
+        )
+    has_mask = rows["has_mask"].to_numpy(dtype=bool)
+    return PatientSlices(
+        patient=patient,
+        format="kaggle",
+        slices=[int(k) for k in rows["slice"]],
+        images=np.stack(images).astype(np.float32) / np.float32(255.0),
+        masks=np.stack(masks) if has_mask.any() else None,
+        spacing=NAN3,
+        has_mask=has_mask,
+        image_paths=[str(p) for p in rows["image_path"]],
+    )
+
+
+def _load_nifti(patient: str, rows: pd.DataFrame, config: PreprocessConfig | None) -> PatientSlices:
+    source = str(rows["source"].iloc[0]) if "source" in rows else str(rows["image_path"].iloc[0])
+    case = load_nifti_case(source, config)
+    slices = [int(z) for z in rows["slice"]]
+    depth = case.image.shape[2]
+    if any(z < 0 or z >= depth for z in slices):
+        raise ArchiveError(source, f"index asks for slices outside 0..{depth - 1}; re-index")
+    images = np.ascontiguousarray(np.transpose(case.image[:, :, slices], (2, 0, 1, 3)))
+    masks = None
+    if case.mask is not None:
+        masks = np.ascontiguousarray(np.transpose(case.mask[:, :, slices], (2, 0, 1)))
+    return PatientSlices(
+        patient=patient,
+        format="nifti",
+        slices=slices,
+        images=images,
+        masks=masks,
+        spacing=case.spacing,
+        has_mask=np.full(len(slices), masks is not None),
+        image_paths=[str(case.sources["flair"])] * len(slices),
+        geometry=case.geometry,
+    )
+
+
+def load_patient(rows: pd.DataFrame, config: PreprocessConfig | None = None) -> PatientSlices:
+    """Load every slice listed in one patient's index rows.
+
+    Args:
+        rows: rows of `build_index(...).table` for one patient (any order; sorted by slice here).
+        config: NIfTI intensity percentiles (defaults if None); Kaggle pixels are uint8 / 255.
+
+    Returns:
+        The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
+
+    Raises:
+        ArchiveError: a file is unreadable (the message names it and says why).
+        ValueError: `rows` is empty or spans several patients.
+    """
+    patient, fmt = _one_patient(rows)
+    ordered = rows.sort_values("slice", kind="stable")
+    if fmt == "kaggle":
+        return _load_kaggle(patient, ordered)
+    if fmt == "nifti":
+        return _load_nifti(patient, ordered, config)
+    raise ValueError(f"unknown format {fmt!r}")

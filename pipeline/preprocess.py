@@ -1,0 +1,210 @@
+"""Pure array transforms between archive pixels and model inputs, with the inverses masks need.
+
+Everything here is array in, array out: no file I/O, no globals. Images are `(H, W, 3)` or
+`(N, H, W, 3)` float32 in [0, 1], channel order (pre-contrast/T1, FLAIR, post-contrast/T1ce);
+masks are `(H, W)` or `(N, H, W)` bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+
+#: Channel order of every image in memory (the Kaggle LGG TIFs' own order).
+CHANNEL_ORDER = ("t1", "flair", "t1ce")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How archive pixels become model inputs; logged with every model.
+
+    Attributes:
+        image_size: model input height and width in pixels (square).
+        channels: number of input channels (3: pre-contrast, FLAIR, post-contrast).
+        low_percentile: lower clip percentile of a NIfTI volume's foreground voxels.
+        high_percentile: upper clip percentile of a NIfTI volume's foreground voxels.
+    """
+
+    image_size: int = 256
+    channels: int = 3
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.channels != 3:
+            raise ValueError(f"channels must be 3 {CHANNEL_ORDER}, got {self.channels}")
+        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
+            raise ValueError(
+                "need 0 <= low_percentile < high_percentile <= 100, got "
+                f"{self.low_percentile}, {self.high_percentile}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Rebuild from `to_dict()` output; unknown keys (newer versions) are ignored."""
+        known = {f.name: f.type for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in known:
+                kwargs[key] = float(value) if "percentile" in key else int(value)
+        return cls(**kwargs)
+
+
+def normalize_intensity(
+    volume: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+) -> np.ndarray:
+    """Clip a raw MRI volume to percentiles of its foreground and scale it to [0, 1].
+
+    The foreground is every voxel above the volume's minimum (the background of raw MRI is 0,
+    that of z-scored volumes a constant negative value). The percentiles are order statistics
+    ("lower"/"higher", no interpolation). A volume whose values already lie in [0, 1] is taken
+    as normalised and returned unchanged, so normalising twice equals normalising once.
+
+    Args:
+        volume: any shape, any real dtype (int16 raw, float32 z-scored, float64, ...).
+        low_percentile: percentile of the foreground mapped to 0.
+        high_percentile: percentile of the foreground mapped to 1.
+
+    Returns:
+        float32 array of the same shape, values in [0, 1]; the background maps to 0.
+    """
+    x = np.asarray(volume, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = np.where(finite, x, np.float32(np.nanmin(np.where(finite, x, np.inf))))
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min >= 0.0 and x_max <= 1.0:
+        return x.copy()
+    foreground = x[x > x_min]
+    if foreground.size == 0:
+        return np.zeros_like(x)
+    lo = float(np.percentile(foreground, low_percentile, method="lower"))
+    hi = float(np.percentile(foreground, high_percentile, method="higher"))
+    if hi <= lo:
+        return (x > x_min).astype(np.float32)
+    out = (x - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def assemble_channels(
+    flair: np.ndarray, t1: np.ndarray | None = None, t1ce: np.ndarray | None = None
+) -> np.ndarray:
+    """Stack sequences into the (T1, FLAIR, T1ce) channel order.
+
+    A missing sequence is replaced by FLAIR, as the Kaggle LGG set itself does for patients
+    without post-contrast or pre-contrast scans; FLAIR alone gives three identical channels.
+
+    Args:
+        flair: `(...)` array, any spatial shape.
+        t1: same shape as `flair`, or None.
+        t1ce: same shape as `flair`, or None.
+
+    Returns:
+        `(..., 3)` array, dtype of `flair`.
+    """
+    parts = [flair if t1 is None else t1, flair, flair if t1ce is None else t1ce]
+    for name, part in zip(CHANNEL_ORDER, parts, strict=True):
+        if part.shape != flair.shape:
+            raise ValueError(f"{name} shape {part.shape} differs from FLAIR shape {flair.shape}")
+    return np.stack(parts, axis=-1).astype(flair.dtype, copy=False)
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize images with area interpolation (averaging when shrinking).
+
+    Args:
+        image: `(H, W)`, `(H, W, C)` or `(N, H, W, C)` float32.
+        size: output side in pixels, or `(height, width)`.
+
+    Returns:
+        float32 array with H, W replaced by the new size.
+    """
+    h, w = _size_hw(size)
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim == 4:
+        if x.shape[1:3] == (h, w):
+            return x.copy()
+        return np.stack([resize_image(one, (h, w)) for one in x]) if len(x) else x.copy()
+    if x.shape[:2] == (h, w):
+        return x.copy()
+    out = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA)
+    if x.ndim == 3 and out.ndim == 2:  # OpenCV drops a single channel axis
+        out = out[..., None]
+    return out.astype(np.float32, copy=False)
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize masks with exact nearest-neighbour sampling (labels never blend).
+
+    Args:
+        mask: `(H, W)` or `(N, H, W)` bool, or numbers where > 0.5 is tumour.
+        size: output side in pixels, or `(height, width)`.
+
+    Returns:
+        bool array with H, W replaced by the new size.
+    """
+    h, w = _size_hw(size)
+    m = np.asarray(mask)
+    binary = (m > 0.5) if m.dtype != bool else m
+    if binary.ndim == 3:
+        if binary.shape[1:] == (h, w):
+            return binary.copy()
+        return (
+            np.stack([resize_mask(one, (h, w)) for one in binary])
+            if len(binary)
+            else np.zeros((0, h, w), dtype=bool)
+        )
+    if binary.shape == (h, w):
+        return binary.copy()
+    out = cv2.resize(binary.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return out.astype(bool)
+
+
+def restore_mask(mask: np.ndarray, native_hw: tuple[int, int]) -> np.ndarray:
+    """Inverse of resizing: a model-size `(S, S)` mask back to the native `(H, W)` (nearest)."""
+    return resize_mask(mask, native_hw)
+
+
+def restore_masks(masks: np.ndarray, native_hw: tuple[int, int]) -> np.ndarray:
+    """Batch form of `restore_mask`: `(N, S, S)` bool/float (> 0.5) → `(N, H, W)` bool."""
+    m = np.asarray(masks)
+    if m.ndim == 4 and m.shape[-1] == 1:  # a segmenter's (N, S, S, 1) output
+        m = m[..., 0]
+    if m.ndim != 3:
+        raise ValueError(f"expected masks of shape (N, S, S), got {m.shape}")
+    return resize_mask(m, native_hw)
+
+
+def prepare_batch(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Images in [0, 1] at native size → model input `(N, S, S, 3)` float32 (area resize).
+
+    Args:
+        images: `(N, H, W, 3)` float32 in [0, 1] (as `load_patient` returns them).
+        config: the model's preprocessing (`image_size` S).
+
+    Returns:
+        `(N, S, S, 3)` float32 in [0, 1].
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4 or x.shape[-1] != config.channels:
+        raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
+    out = resize_image(x, config.image_size)
+    return np.clip(out, 0.0, 1.0, out=out)
