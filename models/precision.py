@@ -1,0 +1,102 @@
+"""Precision policies: which one to infer with, and rebuilding a float32 model under another.
+
+`inference_policy()` picks `mixed_float16` on a GPU, `mixed_bfloat16` on a CPU with native bf16
+(AMX or AVX512_BF16 in /proc/cpuinfo), else `float32`. `rebuild_with_policy(model, policy)` clones a
+loaded model's architecture with every layer under `policy` except the model's output layers
+(which our builders keep float32), then copies the weights, so predictions stay float32.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import keras
+
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of the first processor in `cpuinfo` (empty when unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def choose_policy(has_gpu: bool, flags: Collection[str]) -> str:
+    """`mixed_float16` with a GPU, `mixed_bfloat16` on a CPU with native bf16, else `float32`."""
+    if has_gpu:
+        return "mixed_float16"
+    if BF16_FLAGS & set(flags):
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def inference_policy() -> str:
+    """The policy to run inference with on this machine (see `choose_policy`)."""
+    import tensorflow as tf
+
+    return choose_policy(bool(tf.config.list_physical_devices("GPU")), cpu_flags())
+
+
+@contextmanager
+def policy_scope(policy: str) -> Iterator[None]:
+    """Set Keras' global dtype policy inside the block and restore the previous one after."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _retype(layer_cfgs: list[dict[str, Any]], policy: str, keep: set[str]) -> None:
+    for layer in layer_cfgs:
+        cfg = layer.get("config", {})
+        if isinstance(cfg.get("layers"), list):  # a nested model: its layers all follow the policy
+            _retype(cfg["layers"], policy, set())
+        dtype = cfg.get("dtype")
+        if (
+            isinstance(dtype, dict)
+            and dtype.get("class_name") == "DTypePolicy"
+            and cfg.get("name") not in keep
+        ):
+            dtype["config"]["name"] = policy
+
+
+def rebuild_with_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of a functional `model` whose layers compute under `policy`, with the same weights.
+
+    The model's output layers keep their own dtype (float32 in our builders), so outputs stay
+    float32.
+
+    Args:
+        model: a functional model (e.g. loaded from `.keras`, float32).
+        policy: "float32", "mixed_float16" or "mixed_bfloat16".
+
+    Returns:
+        A new model; `model` itself is unchanged.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
+    config = serialized["config"]
+    outputs = config.get("output_layers", [])
+    if outputs and isinstance(outputs[0], str):  # a single output is stored unnested
+        outputs = [outputs]
+    keep = {entry[0] for entry in outputs}
+    _retype(config["layers"], policy, keep)
+    clone = keras.saving.deserialize_keras_object(serialized)
+    clone.set_weights(model.get_weights())
+    return clone
