@@ -1,0 +1,108 @@
+"""Metrics against hand-computed cases and against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
+
+from pipeline import metrics
+
+
+def test_classification_metrics_hand_case() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.6, 0.2, 0.1, 0.4, 0.7, 0.05, 0.0])
+    m = metrics.classification_metrics(y, p)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2, 1, 1, 4)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    # triage: P(normal) = 1 - p >= 0.99 only for p <= 0.01 -> the 0.0 slice (a normal one)
+    assert m["sensitivity_at_triage"] == 1.0
+    assert m["normal_fraction_at_triage"] == pytest.approx(1 / 8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 20)), min_size=2, max_size=60))
+def test_roc_auc_matches_sklearn_with_ties(pairs: list[tuple[bool, int]]) -> None:
+    y = np.array([a for a, _ in pairs], dtype=int)
+    s = np.array([b / 20 for _, b in pairs])
+    if y.min() == y.max():
+        assert np.isnan(metrics.roc_auc(y, s))
+    else:
+        assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
+    y = np.array([0] * 8 + [1] * 2 + [1] * 8 + [0] * 2)
+    p = np.array([0.2] * 10 + [0.8] * 10)
+    assert metrics.expected_calibration_error(y, p) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error(1 - y, p) == pytest.approx(0.6)
+    rel = metrics.reliability(y, p)
+    assert sum(rel["count"]) == 20 and len(rel["confidence"]) == 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, width=32), min_size=1, max_size=120),
+    st.lists(st.floats(0, 1, width=32), min_size=0, max_size=60),
+)
+def test_operating_point_keeps_sensitivity(pos: list[float], neg: list[float]) -> None:
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    p_normal = np.r_[pos, neg].astype(np.float32)
+    op = metrics.operating_point(y, p_normal, 0.98)
+    assert op["sensitivity"] >= 0.98
+    assert metrics.triage_sensitivity(y, p_normal, op["threshold"]) == op["sensitivity"]
+    # No smaller threshold keeps the sensitivity: one step down loses a tumour slice.
+    lower = float(np.nextafter(np.float32(op["threshold"]), np.float32(-np.inf)))
+    if op["threshold"] > 0:
+        assert metrics.triage_sensitivity(y, p_normal, lower) < 0.98
+
+
+def test_operating_point_allows_two_percent_misses() -> None:
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 0.5, 100)
+    neg = rng.uniform(0.5, 1, 100)
+    op = metrics.operating_point(np.r_[np.ones(100), np.zeros(100)], np.r_[pos, neg])
+    assert op["sensitivity"] == pytest.approx(0.98)
+    assert op["threshold"] == pytest.approx(np.sort(pos)[-3], abs=1e-6)
+    assert op["specificity"] == 1.0
+    assert np.isnan(metrics.operating_point([0, 0], [0.5, 0.9])["threshold"])
+
+
+def test_dice_iou_per_slice_empty_empty_is_one() -> None:
+    t = np.zeros((3, 4, 4), bool)
+    p = np.zeros((3, 4, 4), bool)
+    t[1, :2, :2] = True
+    p[1, :2, :1] = True
+    p[2, 0, 0] = True
+    assert metrics.dice_per_slice(t, p).tolist() == pytest.approx([1.0, 2 * 2 / 6, 0.0])
+    assert metrics.iou_per_slice(t, p).tolist() == pytest.approx([1.0, 2 / 4, 0.0])
+
+
+def test_per_patient_pools_slices() -> None:
+    t = np.zeros((4, 4, 4), bool)
+    p = np.zeros((4, 4, 4), bool)
+    t[0, :2, :2] = True
+    p[1, :2, :2] = True
+    t[2, 0, :] = p[2, 0, :] = True
+    pp = metrics.per_patient(t, p, ["a", "a", "b", "c"])
+    assert list(pp) == ["a", "b", "c"]
+    assert pp["a"]["dice"] == 0.0 and pp["b"]["dice"] == 1.0 and pp["c"]["dice"] == 1.0
+    seg = metrics.segmentation_metrics(t, p, ["a", "a", "b", "c"])
+    assert seg["dice_patient_mean"] == pytest.approx(2 / 3)
+    assert seg["dice_tumour_slice_mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="patient keys"):
+        metrics.per_patient(t, p, ["a"])
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.classification_metrics([0, 1], [0.2, 1.5])
+    with pytest.raises(ValueError, match="differ"):
+        metrics.dice_per_slice(np.zeros((1, 2, 2)), np.zeros((1, 3, 3)))
