@@ -52,7 +52,7 @@ def read_tif(path: str | Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             if not tif.pages:
-                raise ValueError("no image in file")
+                raise ValueError("no image found (file truncated?)")
             page = tif.pages.first
             expected = int(np.prod(page.shape)) * page.dtype.itemsize if page.dtype else 0
             if page.is_contiguous and page.dataoffsets:

@@ -1,0 +1,145 @@
+"""Pure preprocessing: normalisation idempotence, resize inverses, channel assembly, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.preprocess import (
+    PreprocessConfig,
+    assemble_channels,
+    normalize_intensity,
+    prepare_batch,
+    resize_image,
+    resize_mask,
+    restore_mask,
+    restore_masks,
+)
+
+
+def _raw_volume(seed: int, shift: float, scale: float) -> np.ndarray:
+    """A raw-MRI-like volume: constant background, skewed foreground, a few hot voxels."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros((24, 20, 12), dtype=np.float32)
+    vol[2:22, 2:18, 1:11] = rng.gamma(4.0, 50.0, size=(20, 16, 10))  # 3,200 voxels
+    vol[5, 5, 2] = 30000.0  # an outlier the percentile clip must ignore
+    return vol * scale + shift
+
+
+def test_config_roundtrip_ignores_unknown_keys() -> None:
+    cfg = PreprocessConfig(image_size=128, low_percentile=1.0, high_percentile=99.0)
+    data = cfg.to_dict()
+    assert data == {
+        "image_size": 128,
+        "channels": 3,
+        "low_percentile": 1.0,
+        "high_percentile": 99.0,
+    }
+    assert PreprocessConfig.from_dict({**data, "added_later": "x"}) == cfg
+    assert PreprocessConfig.from_dict({}) == PreprocessConfig()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"image_size": 0}, {"low_percentile": 60.0, "high_percentile": 50.0}, {"channels": 1}],
+)
+def test_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        PreprocessConfig(**kwargs)
+
+
+def test_normalize_raw_int16_to_unit_range_with_background_zero() -> None:
+    raw = _raw_volume(0, 0.0, 1.0).astype(np.int16)
+    out = normalize_intensity(raw)
+    assert out.dtype == np.float32 and out.shape == raw.shape
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.all(out[raw == 0] == 0.0)
+    # the outlier is clipped, so ordinary tissue is not squashed towards 0
+    tissue = out[2:22, 2:18, 1:11]
+    assert np.median(tissue) > 0.2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    shift=st.floats(-500, 500),
+    scale=st.floats(0.01, 100),
+    low=st.floats(0.0, 5.0),
+    high=st.floats(95.0, 100.0),
+)
+def test_normalize_twice_equals_once(
+    seed: int, shift: float, scale: float, low: float, high: float
+) -> None:
+    once = normalize_intensity(_raw_volume(seed, shift, scale), low, high)
+    np.testing.assert_array_equal(normalize_intensity(once, low, high), once)
+    assert once.min() >= 0.0 and once.max() <= 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), shift=st.floats(-500, 500), scale=st.floats(0.1, 10))
+def test_normalize_ignores_scanner_gain_and_offset(seed: int, shift: float, scale: float) -> None:
+    base = normalize_intensity(_raw_volume(seed, 0.0, 1.0))
+    moved = normalize_intensity(_raw_volume(seed, shift, scale))
+    np.testing.assert_allclose(moved, base, atol=1e-4)
+
+
+def test_normalize_z_scored_volume_keeps_its_background_at_zero() -> None:
+    vol = np.full((8, 8, 4), -3.6, dtype=np.float32)  # deepmedic-style background
+    vol[2:6, 2:6] = np.linspace(-1.0, 5.0, 64, dtype=np.float32).reshape(4, 4, 4)
+    out = normalize_intensity(vol)
+    assert np.all(out[vol == -3.6] == 0.0) and out.max() == 1.0
+
+
+def test_assemble_channels_fills_missing_with_flair() -> None:
+    flair, t1, t1ce = (np.full((4, 5), v, dtype=np.float32) for v in (0.5, 0.2, 0.9))
+    full = assemble_channels(flair, t1, t1ce)
+    assert full.shape == (4, 5, 3)
+    assert full[0, 0].tolist() == pytest.approx([0.2, 0.5, 0.9])
+    only = assemble_channels(flair)
+    assert np.all(only == 0.5)
+    assert assemble_channels(flair, None, t1ce)[0, 0].tolist() == pytest.approx([0.5, 0.5, 0.9])
+    with pytest.raises(ValueError, match="t1ce shape"):
+        assemble_channels(flair, t1, np.zeros((3, 3), np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    h=st.integers(4, 40), w=st.integers(4, 40), factor=st.integers(1, 4), seed=st.integers(0, 99)
+)
+def test_restore_mask_inverts_an_integer_upscale(h: int, w: int, factor: int, seed: int) -> None:
+    mask = np.random.default_rng(seed).random((h, w)) > 0.6
+    big = resize_mask(mask, (h * factor, w * factor))
+    assert big.dtype == bool and big.shape == (h * factor, w * factor)
+    np.testing.assert_array_equal(restore_mask(big, (h, w)), mask)
+
+
+def test_restore_masks_accepts_segmenter_output() -> None:
+    probs = np.zeros((2, 8, 8, 1), dtype=np.float32)
+    probs[0, 2:6, 2:6, 0] = 0.9
+    back = restore_masks(probs, (16, 16))
+    assert back.shape == (2, 16, 16) and back.dtype == bool
+    assert back[0].sum() == 64 and not back[1].any()
+
+
+def test_area_resize_preserves_mean_and_constant_images() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 64, 3)).astype(np.float32)
+    small = resize_image(img, 32)
+    assert small.shape == (32, 32, 3)
+    np.testing.assert_allclose(small.mean(axis=(0, 1)), img.mean(axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(small[0, 0], img[:2, :2].mean(axis=(0, 1)), atol=1e-6)
+    const = np.full((5, 37, 41, 3), 0.25, dtype=np.float32)
+    np.testing.assert_allclose(resize_image(const, 16), 0.25, atol=1e-6)
+
+
+def test_prepare_batch_shape_range_and_identity() -> None:
+    images = np.random.default_rng(1).random((3, 40, 48, 3)).astype(np.float32)
+    out = prepare_batch(images, PreprocessConfig(image_size=16))
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    same = prepare_batch(images[:, :16, :16], PreprocessConfig(image_size=16))
+    np.testing.assert_array_equal(same, images[:, :16, :16])
+    with pytest.raises(ValueError, match="expected images"):
+        prepare_batch(images[..., 0], PreprocessConfig(image_size=16))
