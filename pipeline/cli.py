@@ -22,6 +22,9 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 
+PRECISIONS = ["float32", "mixed_bfloat16", "mixed_float16", "auto"]
+
+
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     """Bind a subparser to `module:function`, imported lazily when the subcommand runs."""
     parser.set_defaults(_target=target)
@@ -71,6 +74,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threshold", type=float, default=0.99)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--json", action="store_true")
+    t.add_argument("--precision", default="float32", choices=PRECISIONS)
+    t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     _handler(t, "pipeline.bench:cli_bench_triage")
 
 
@@ -86,6 +91,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--image-size", type=int, default=256)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--promote", action="store_true", help="move the champion alias regardless")
+        t.add_argument("--save", metavar="PATH", help="also save PATH.keras + PATH.json (sidecar)")
         if stage == "classifier":
             t.add_argument("--backbone", choices=["resnet50", "vgg16"], default="resnet50")
             t.add_argument("--weights", default="imagenet", help="imagenet | PATH | none")
@@ -113,6 +119,9 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.99, help="P(normal) at or above: normal")
     p.add_argument("--force", action="store_true", help="redo patients already done")
     p.add_argument("--dask-address", help="tcp://host:port of a Dask scheduler, or 'local'")
+    _add_triage_options(p)
+    p.add_argument("--workers", type=int, default=2, help="patients processed at once")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     _handler(p, "flows.triage:cli_triage")
     s = sub.add_parser("serve", help="serve the triage flow as a scheduled Prefect deployment")
     s.add_argument("archive")
@@ -121,7 +130,14 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--classifier")
     s.add_argument("--segmenter")
     s.add_argument("--threshold", type=float, default=0.99)
+    _add_triage_options(s)
     _handler(s, "flows.triage:cli_serve")
+
+
+def _add_triage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
+    p.add_argument("--batch", type=int, default=16, help="slices per model call")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -453,3 +453,35 @@ def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, *
     config = {"kind": kind, "preprocess": _preprocess_dict(preprocess), **info}
     path.with_suffix(".json").write_text(json.dumps(config, indent=2, default=str))
     return path
+
+
+# ---------------------------------------------------------------- triage runs (issue 5) -----------
+
+
+def log_triage_run(
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    out_dir: str | Path,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """One MLflow run in the triage experiment: params, metrics, and the run's reports and masks.
+
+    The run is named by date only; `params`/`metrics` must hold no patient keys. The output folder
+    (the user's own reports and masks, one folder per patient) goes under the `triage/` artifacts;
+    the lock file and staging leftovers are not logged.
+
+    Returns:
+        The run id.
+    """
+    out = Path(out_dir)
+    with start_run(EXPERIMENTS["triage"], run_name("triage"), params, tags) as run_id:
+        log_metrics(run_id, metrics)
+        client = MlflowClient()
+        for item in sorted(out.iterdir()):
+            if item.name.startswith("."):
+                continue
+            if item.is_dir():
+                client.log_artifacts(run_id, str(item), f"triage/{item.name}")
+            else:
+                client.log_artifact(run_id, str(item), "triage")
+    return run_id

@@ -1,0 +1,342 @@
+"""Batched inference and the per-patient triage pipeline.
+
+One patient at a time: read its slices → preprocess with each model's own logged config → classify
+in batches through a compiled `tf.function` → route (`pipeline.triage`) → segment the flagged slices
+in batches → post-process at native size → write masks and reports into a staging folder that is
+moved into place in one rename. Nothing here knows about Prefect; the flow only calls
+`process_patient`, and the benchmark calls the same code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import manifest, report
+from pipeline.postprocess import DEFAULT_MIN_COMPONENT, remove_small_components
+from pipeline.postprocess import threshold_probabilities as binarise
+from pipeline.triage import DEFAULT_THRESHOLD, check_threshold, route_slices
+
+DEFAULT_CLASSIFIER = "models:/mri-triage-classifier@champion"
+DEFAULT_SEGMENTER = "models:/mri-triage-segmenter@champion"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+
+
+@dataclass(frozen=True)
+class TriageSettings:
+    """What a triage run does besides which models it uses (part of each patient's manifest key).
+
+    Attributes:
+        threshold: P(normal) at or above which a slice is normal.
+        min_component: smallest kept mask component, in native pixels.
+        batch: slices per model call.
+        precision: Keras dtype policy for inference, or "auto" (bf16 on CPUs with native bf16).
+        montage_max: most flagged slices drawn in a report's montage (the most suspicious ones).
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_component: int = DEFAULT_MIN_COMPONENT
+    batch: int = 16
+    precision: str = "float32"
+    montage_max: int = 48
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if self.batch < 1 or self.min_component < 0 or self.montage_max < 0:
+            raise ValueError("batch must be >= 1, min_component and montage_max >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def key_part(self) -> dict[str, Any]:
+        """Settings that change outputs (batch and montage size only change speed and looks)."""
+        return {"threshold": self.threshold, "min_component": self.min_component}
+
+
+class BatchPredictor:
+    """A Keras model behind one compiled `tf.function`, fed in fixed-size batches.
+
+    The batch dimension is left open in the input signature, so a patient's last, shorter batch
+    reuses the same graph instead of retracing. Thread-safe; accumulates its own compute time.
+    """
+
+    def __init__(self, model: Any, batch: int = 16) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.batch = int(batch)
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        self._fn = tf.function(self._forward, input_signature=[spec], reduce_retracing=True)
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+        self.slices = 0
+
+    def _forward(self, x: Any) -> Any:
+        return self.model(x, training=False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Predict `(N, S, S, 3)` float32 in batches; returns the stacked float32 outputs."""
+        outs = []
+        start = time.perf_counter()
+        for i in range(0, len(x), self.batch):
+            outs.append(np.asarray(self._fn(x[i : i + self.batch]), dtype=np.float32))
+        with self._lock:
+            self.seconds += time.perf_counter() - start
+            self.slices += len(x)
+        if not outs:
+            return np.zeros((0, *self.model.output_shape[1:]), dtype=np.float32)
+        return np.concatenate(outs)
+
+
+@dataclass
+class TriageModels:
+    """The two loaded models (`pipeline.tracking.LoadedModel`) and their compiled predictors."""
+
+    classifier: Any
+    segmenter: Any
+    classify: BatchPredictor
+    segment: BatchPredictor
+    uris: dict[str, str] = field(default_factory=dict)
+    precision: str = "float32"
+
+    def versions(self) -> dict[str, str]:
+        """`{"classifier": version, "segmenter": version}` (no patient data)."""
+        return {"classifier": self.classifier.version, "segmenter": self.segmenter.version}
+
+
+_cache: dict[tuple, TriageModels] = {}
+_cache_lock = threading.Lock()
+
+
+def _resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    from models.precision import inference_policy
+
+    return inference_policy()
+
+
+def load_triage_models(
+    classifier: str | None, segmenter: str | None, batch: int = 16, precision: str = "float32"
+) -> TriageModels:
+    """Load (once per process) the classifier and segmenter and compile their predictors.
+
+    Args:
+        classifier, segmenter: MLflow model URIs or `.keras` files; None = registered champion.
+        batch: slices per model call.
+        precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto".
+
+    Raises:
+        ValueError: a model is not of the expected kind, or cannot be resolved.
+    """
+    from pipeline.tracking import load_model
+
+    uris = {
+        "classifier": classifier or DEFAULT_CLASSIFIER,
+        "segmenter": segmenter or DEFAULT_SEGMENTER,
+    }
+    key = (uris["classifier"], uris["segmenter"], int(batch), precision)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        policy = _resolve_precision(precision)
+        loaded = {}
+        for kind, uri in uris.items():
+            lm = load_model(uri)
+            out_rank = len(lm.model.output_shape)
+            if (kind == "classifier") != (out_rank == 2):
+                raise ValueError(f"{uri!r} is not a {kind} (output shape {lm.model.output_shape})")
+            if policy != "float32":
+                from models.precision import rebuild_with_policy
+
+                lm.model = rebuild_with_policy(lm.model, policy)
+            loaded[kind] = lm
+        models = TriageModels(
+            classifier=loaded["classifier"],
+            segmenter=loaded["segmenter"],
+            classify=BatchPredictor(loaded["classifier"].model, batch),
+            segment=BatchPredictor(loaded["segmenter"].model, batch),
+            uris=uris,
+            precision=policy,
+        )
+        _cache[key] = models
+        return models
+
+
+def input_files(rows: pd.DataFrame) -> list[str]:
+    """Every file one patient's outputs depend on (images, masks, the rest of a NIfTI folder)."""
+    paths = [p for col in ("image_path", "mask_path") for p in rows[col] if p]
+    for src in rows.get("source", pd.Series(dtype=str)).unique():
+        if os.path.isdir(src) and (rows["format"] == "nifti").any():
+            paths.extend(str(p) for p in sorted(Path(src).iterdir()) if p.is_file())
+    return list(dict.fromkeys(paths))
+
+
+def _gt_metrics(gt: np.ndarray, usable: np.ndarray, flagged: np.ndarray, pred: np.ndarray) -> dict:
+    """End-to-end figures against ground truth over the labelled slices (`usable`)."""
+    from pipeline.metrics import per_patient
+
+    t, f, p = gt[usable], flagged[usable], pred[usable]
+    tumour = t.any(axis=(1, 2))
+    caught = int((tumour & f).sum())
+    return {
+        "gt_tumour_slices": int(tumour.sum()),
+        "gate_caught_slices": caught,
+        "gate_missed_slices": int(tumour.sum()) - caught,
+        "gate_sensitivity": caught / int(tumour.sum()) if tumour.any() else None,
+        # Over ALL labelled slices: tumour on a slice the gate dropped counts against Dice.
+        "dice": per_patient(t, p, ["p"] * len(t))["p"]["dice"] if len(t) else None,
+    }
+
+
+def _montage(images: np.ndarray, pred: np.ndarray, recs: list[dict], cap: int) -> bytes:
+    idx = [i for i, r in enumerate(recs) if r["route"] == "segmented"]
+    if len(idx) > cap:  # keep the most suspicious, shown in slice order
+        idx = sorted(sorted(idx, key=lambda i: -(recs[i]["p_tumour"] or 0.0))[:cap])
+    captions = [
+        f"{recs[i]['slice']}  P(t)={recs[i]['p_tumour']:.2f}  {recs[i]['mask_pixels']}px"
+        for i in idx
+    ]
+    return report.overlay_montage(images[idx, :, :, 1], pred[idx], captions)
+
+
+def triage_patient(
+    rows: pd.DataFrame, out_dir: Path, models: TriageModels, settings: TriageSettings
+) -> dict[str, Any]:
+    """Run the whole pipeline on one patient and move its outputs into `out_dir/<patient>/`.
+
+    Returns:
+        The patient's `report.json` content (per-slice records, summary, metrics, timings).
+
+    Raises:
+        ArchiveError, ValueError: unreadable or inconsistent input (nothing is written then).
+    """
+    from pipeline.io import load_patient
+    from pipeline.preprocess import prepare_batch, restore_masks
+
+    t = {"start": time.perf_counter()}
+    clf, seg = models.classifier, models.segmenter
+    ps = load_patient(rows, clf.preprocess)
+    n, (h, w) = len(ps.slices), ps.native_hw
+    t["load"] = time.perf_counter()
+    x = prepare_batch(ps.images, clf.preprocess)
+    p_normal = models.classify(x)[:, 0]
+    flagged = route_slices(p_normal, settings.threshold)
+    t["classify"] = time.perf_counter()
+    pred = np.zeros((n, h, w), dtype=bool)
+    if flagged.any():
+        same = seg.preprocess.image_size == clf.preprocess.image_size
+        xs = x[flagged] if same else prepare_batch(ps.images[flagged], seg.preprocess)
+        masks = restore_masks(binarise(models.segment(xs)), (h, w))
+        pred[flagged] = remove_small_components(masks, settings.min_component)
+    t["segment"] = time.perf_counter()
+
+    gt_px = None if ps.masks is None else ps.masks.sum(axis=(1, 2))
+    px = pred.sum(axis=(1, 2))
+    recs = report.slice_records(ps.slices, p_normal, flagged, px, ps.spacing, gt_px)
+    rep: dict[str, Any] = {
+        "patient": ps.patient,
+        "status": "done",
+        "format": ps.format,
+        "spacing_mm": [None if not np.isfinite(s) else float(s) for s in ps.spacing],
+        "threshold": settings.threshold,
+        "settings": asdict(settings),
+        "models": {k: {"uri": models.uris[k], "version": v} for k, v in models.versions().items()},
+        "slices": recs,
+        "summary": report.patient_summary(recs, ps.spacing),
+        "disclaimer": report.DISCLAIMER,
+    }
+    if ps.masks is not None:
+        rep["metrics"] = _gt_metrics(ps.masks, np.asarray(ps.has_mask, bool), flagged, pred)
+    stage = manifest.staging_dir(out_dir, ps.patient)
+    rep["masks"] = [p.name for p in ps.write_masks(pred, stage)]
+    png = _montage(ps.images, pred, recs, settings.montage_max)
+    t["write"] = time.perf_counter()
+    steps = ["start", "load", "classify", "segment", "write"]
+    rep["timings_s"] = {b: round(t[b] - t[a], 4) for a, b in itertools.pairwise(steps)}
+    rep["timings_s"]["total"] = round(t["write"] - t["start"], 4)
+    (stage / "report.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
+    (stage / "report.html").write_text(report.render_patient_html(rep, png), encoding="utf-8")
+    manifest.commit_dir(stage, out_dir / ps.patient)
+    return rep
+
+
+def process_patient(
+    rows: pd.DataFrame,
+    out_dir: Path,
+    models: TriageModels,
+    settings: TriageSettings,
+    previous: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Triage one patient unless it is already done with the same inputs, models and settings.
+
+    Never raises for bad input: a failure comes back as a record with `status="failed"` and its
+    reason, so the rest of the archive is processed.
+
+    Returns:
+        A small record (a `summary.csv` row) plus `key` (the manifest key), `status` ("done",
+        "skipped" or "failed") and, with ground truth, the counts the run-level metrics need.
+    """
+    patient = str(rows["patient"].iloc[0])
+    try:
+        key = manifest.run_key(
+            manifest.files_digest(input_files(rows)), models.versions(), settings.key_part()
+        )
+        prev = {patient: previous} if previous else {}
+        if not force and manifest.is_done(prev, out_dir, patient, key):
+            rep = json.loads((out_dir / patient / "report.json").read_text(encoding="utf-8"))
+            return {**_record(rep), "status": "skipped", "key": key}
+        return {**_record(triage_patient(rows, out_dir, models, settings)), "key": key}
+    except Exception as exc:  # one bad patient must not stop the archive
+        return {"patient": patient, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _record(rep: Mapping[str, Any]) -> dict[str, Any]:
+    rec = report.record_from_report(rep)
+    for k in ("gt_tumour_slices", "gate_caught_slices", "gate_missed_slices"):
+        rec[k] = rep.get("metrics", {}).get(k)
+    rec["has_gt"] = "metrics" in rep
+    rec["segmenter_calls"] = len(rep["summary"]["flagged_slices"])
+    return rec
+
+
+def run_metrics(records: Sequence[Mapping[str, Any]], seconds: float) -> dict[str, float]:
+    """Run-level figures for MLflow (no patient keys): counts, throughput, end-to-end metrics."""
+    ok = [r for r in records if r.get("status") in ("done", "skipped")]
+    slices = sum(int(r.get("slices") or 0) for r in ok)
+    calls = sum(int(r.get("segmenter_calls") or 0) for r in ok)
+    fresh = sum(int(r.get("slices") or 0) for r in ok if r.get("status") == "done")
+    out = {
+        "patients": float(len(records)),
+        "patients_done": float(sum(r.get("status") == "done" for r in records)),
+        "patients_skipped": float(sum(r.get("status") == "skipped" for r in records)),
+        "failures": float(sum(r.get("status") == "failed" for r in records)),
+        "slices": float(slices),
+        "slices_segmented": float(calls),
+        "segmenter_calls_saved": float(slices - calls),
+        "slices_per_s": fresh / seconds if seconds > 0 else 0.0,
+        "tumour_patients_found": float(sum(bool(r.get("tumour_found")) for r in ok)),
+    }
+    gt = [r for r in ok if r.get("has_gt")]
+    tumour_slices = sum(int(r.get("gt_tumour_slices") or 0) for r in gt)
+    if tumour_slices:
+        caught = [int(r["gate_caught_slices"]) for r in gt]
+        out["gate_sensitivity_slice"] = sum(caught) / tumour_slices
+        pos = [c for r, c in zip(gt, caught, strict=True) if int(r["gt_tumour_slices"]) > 0]
+        out["gate_sensitivity_patient"] = sum(c > 0 for c in pos) / len(pos)
+        out["gate_missed_slices"] = float(sum(int(r["gate_missed_slices"]) for r in gt))
+    dice = [float(r["dice"]) for r in gt if r.get("dice") is not None]
+    if dice:
+        out["dice_patient_mean"] = float(np.mean(dice))
+        out["dice_patient_min"] = float(np.min(dice))
+    return out
