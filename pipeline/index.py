@@ -391,7 +391,8 @@ def cli_index(args: argparse.Namespace) -> int:
         index = build_index(args.archive)
     except ArchiveError as exc:
         if args.json:
-            print(json.dumps({"errors": [{"path": exc.path, "reason": exc.reason}]}))
+            error = {"path": exc.path, "reason": exc.reason}
+            print(json.dumps({"patients": 0, "slices": 0, "tumour_slices": 0, "errors": [error]}))
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 2
