@@ -1,0 +1,29 @@
+"""`mri-triage serve`: the deployment and its cron schedule, built without waiting to fire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.triage import build_deployment
+from pipeline.cli import build_parser
+
+
+def test_serve_builds_nightly_cron_deployment(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["serve", str(tmp_path / "arch"), "--out", str(tmp_path / "out"), "--threshold", "0.95"]
+    )
+    assert args.cron == "0 2 * * *"
+    dep = build_deployment(args)
+    assert dep.name == "nightly" and dep.flow_name == "mri-triage"
+    crons = [s.schedule.cron for s in dep.schedules]
+    assert crons == ["0 2 * * *"]
+    assert dep.parameters["archive"] == str((tmp_path / "arch").absolute())
+    assert dep.parameters["out"] == str((tmp_path / "out").absolute())
+    assert dep.parameters["threshold"] == 0.95
+
+
+def test_serve_takes_another_cron(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["serve", str(tmp_path), "--out", str(tmp_path / "o"), "--cron", "30 1 * * 1-5"]
+    )
+    assert [s.schedule.cron for s in build_deployment(args).schedules] == ["30 1 * * 1-5"]
