@@ -60,7 +60,7 @@ def read_tif(path: str | Path) -> np.ndarray:
                 size = os.path.getsize(path)
                 if end > size:
                     raise ValueError(f"truncated: needs {end} bytes, file has {size}")
-            return np.asarray(page.asarray())
+            return np.asarray(page.asarray(maxworkers=1))
     except ArchiveError:
         raise
     except Exception as exc:  # tifffile raises several types for bad files
