@@ -154,12 +154,16 @@ def _tumour_labels(
     centre = int(rng.integers(run // 2, max(run // 2 + 1, z - run // 2)))
     zspan = (run / 2) * (1.7 / max(z - 1, 1))
     tz = float(t[centre, 0, 0])
-    lumpy = _smooth_noise(rng, rho.shape, 6)
-    d = np.sqrt(
-        ((xr[None] - cx) / size) ** 2 + ((yr[None] - cy) / (size * rng.uniform(0.7, 1.3))) ** 2
-    )
+    # Two overlapping lobes with a noisy boundary: real gliomas are rarely ellipses.
+    lumpy = _smooth_noise(rng, rho.shape, 10)
+    aspect = rng.uniform(0.7, 1.3)
+    d = np.sqrt(((xr[None] - cx) / size) ** 2 + ((yr[None] - cy) / (size * aspect)) ** 2)
+    lobe_angle = rng.uniform(0, 2 * math.pi)
+    lx, ly = cx + 0.8 * size * math.cos(lobe_angle), cy + 0.8 * size * math.sin(lobe_angle)
+    lobe = np.sqrt(((xr[None] - lx) / (0.6 * size)) ** 2 + ((yr[None] - ly) / (0.6 * size)) ** 2)
+    d = np.minimum(d, lobe)
     d = np.sqrt(d**2 + ((t - tz) / zspan) ** 2)
-    d = d * (1.0 + 0.22 * lumpy)
+    d = d * (1.0 + 0.35 * lumpy)
     labels = np.zeros(rho.shape, dtype=np.uint8)
     labels[(d < 1.0) & allowed] = 2
     labels[(d < 0.55) & allowed] = 1
