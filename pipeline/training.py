@@ -1,0 +1,411 @@
+"""Train and evaluate one classifier or segmenter, recorded through `pipeline.tracking`.
+
+`plan_data` indexes the archive and splits it by patient; `train_and_log` loads the slices, fits
+with early stopping (best weights restored), LR reduction on plateau and a best checkpoint,
+evaluates on the held-out test patients, logs params, per-epoch metrics, the paper's Tables 2-4,
+plots and the model, registers it and moves the `champion` alias when it beats the current one on
+validation.
+
+Defaults (paper-like, see `TrainConfig.create`): classifier 15 epochs at lr 1e-4; ResUNet 30 epochs
+at lr 1e-5 with BCE+Dice; ResUNet++ 30 epochs at 1e-4 with Dice; 256x256; early-stopping patience 5.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import metrics, plots, tracking
+from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
+from pipeline.index import build_index, check_no_leakage, fingerprint, split_patients
+from pipeline.preprocess import PreprocessConfig
+
+MODELS = {"classifier": ("resnet50", "vgg16"), "segmenter": ("resunet", "resunet_pp")}
+DEFAULT_EPOCHS = {"classifier": 15, "segmenter": 30}
+DEFAULT_LR = {"resnet50": 1e-4, "vgg16": 1e-4, "resunet": 1e-5, "resunet_pp": 1e-4}
+DEFAULT_LOSS = {
+    "resnet50": "sparse_categorical_crossentropy",
+    "vgg16": "sparse_categorical_crossentropy",
+    "resunet": "bce_dice",
+    "resunet_pp": "dice",
+}
+
+
+class TrainingDataError(ValueError):
+    """The archive cannot train this stage (no tumour slices, too few patients, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (logged as MLflow params)."""
+
+    stage: str
+    archive: str
+    model: str
+    epochs: int
+    lr: float
+    batch: int = 16
+    image_size: int = 256
+    seed: int = 0
+    loss: str = "sparse_categorical_crossentropy"
+    weights: str | None = None
+    trainable: str = "all"
+    include_empty: bool = False
+    promote: bool = False
+    patience: int = 5
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    triage_threshold: float = metrics.TRIAGE_THRESHOLD
+    min_sensitivity: float = metrics.MIN_SENSITIVITY
+    save: str | None = None
+
+    @classmethod
+    def create(cls, stage: str, archive: str, model: str, **kw: Any) -> TrainConfig:
+        """Fill `None` epochs/lr/loss with the defaults of `model` and check the values."""
+        if stage not in MODELS:
+            raise ValueError(f"stage must be one of {sorted(MODELS)}, got {stage!r}")
+        if model not in MODELS[stage]:
+            raise ValueError(f"{stage} model must be one of {MODELS[stage]}, got {model!r}")
+        kw = {k: v for k, v in kw.items() if v is not None}
+        kw.setdefault("epochs", DEFAULT_EPOCHS[stage])
+        kw.setdefault("lr", DEFAULT_LR[model])
+        kw.setdefault("loss", DEFAULT_LOSS[model])
+        weights = kw.pop("weights", None)
+        if stage == "classifier" and str(weights).lower() not in ("none", ""):
+            kw["weights"] = str(weights)
+        config = cls(stage=stage, archive=str(archive), model=model, **kw)
+        if config.epochs < 1 or config.batch < 1 or config.lr <= 0 or config.image_size < 32:
+            raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
+        return config
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(image_size=self.image_size)
+
+
+@dataclass
+class DataPlan:
+    """An indexed archive split by patient (small: the table holds paths and counts only)."""
+
+    table: pd.DataFrame
+    splits: dict[str, list[str]]
+    fingerprint: str
+    skipped_files: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15) -> DataPlan:
+    """Index `archive` and split its labelled slices by patient (seeded, stratified, leak-checked).
+
+    Raises:
+        TrainingDataError: nothing labelled, no tumour slice, or too few patients to split.
+    """
+    index = build_index(archive)
+    table = index.table[index.table["has_mask"].astype(bool)].reset_index(drop=True)
+    if table.empty:
+        raise TrainingDataError(f"{archive}: no slices with ground-truth masks to train on")
+    if not (table["tumour_pixels"] > 0).any():
+        raise TrainingDataError(f"{archive}: no tumour slices (every mask is empty); cannot train")
+    try:
+        splits = split_patients(table, val=val, test=test, seed=seed)
+    except ValueError as err:
+        raise TrainingDataError(f"{archive}: cannot split patients: {err}") from err
+    check_no_leakage(splits)
+    counts: dict[str, int] = {}
+    for name, members in splits.items():
+        rows = table[table["patient"].isin(members)]
+        counts[f"{name}_patients"] = len(members)
+        counts[f"{name}_slices"] = len(rows)
+        counts[f"{name}_tumour_slices"] = int((rows["tumour_pixels"] > 0).sum())
+    for name in ("train", "val"):
+        if counts[f"{name}_tumour_slices"] == 0:
+            raise TrainingDataError(f"{archive}: the {name} patients have no tumour slice")
+    return DataPlan(table, splits, fingerprint(table), len(index.errors), counts)
+
+
+def build_model(config: TrainConfig) -> Any:
+    """Build and compile the network named by `config.model` (input `(S, S, 3)` in [0, 1])."""
+    import keras
+
+    from models import build_classifier, build_resunet, build_resunet_pp, get_loss
+    from models.losses import dice_coef, iou_coef
+
+    shape = (config.image_size, config.image_size, 3)
+    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    if config.stage == "classifier":
+        model = build_classifier(config.model, shape, config.weights, config.trainable)
+        model.compile(
+            optimizer=optimizer,
+            loss=config.loss,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        return model
+    model = (build_resunet if config.model == "resunet" else build_resunet_pp)(shape)
+    model.compile(
+        optimizer=optimizer,
+        loss=get_loss(config.loss),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), dice_coef, iou_coef],
+    )
+    return model
+
+
+def fit(model: Any, train: Any, val: Any, config: TrainConfig, run_id: str, **kw: Any) -> dict:
+    """Fit with EarlyStopping (best weights restored), ReduceLROnPlateau, a best checkpoint and the
+    MLflow epoch logger; one progress line per epoch.
+
+    Returns:
+        `{"history": {...}, "seconds": float, "best_epoch": int (1-based)}`.
+    """
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        best = Path(tmp) / "best.weights.h5"
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-7
+            ),
+            keras.callbacks.ModelCheckpoint(
+                str(best), monitor="val_loss", save_best_only=True, save_weights_only=True
+            ),
+            tracking.epoch_logger(run_id),
+        ]
+        started = time.perf_counter()
+        hist = model.fit(
+            train, validation_data=val, epochs=config.epochs, callbacks=callbacks, verbose=2, **kw
+        )
+        seconds = time.perf_counter() - started
+        if best.exists():
+            model.load_weights(best)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    return {"history": history, "seconds": seconds, "best_epoch": best_epoch}
+
+
+def paper_tables(
+    config: TrainConfig, fitted: dict, params: dict[str, int], training_images: int
+) -> dict[str, pd.DataFrame]:
+    """The run's rows of the paper's Table 2 (best epoch), Table 3 and Table 4."""
+    h, e = fitted["history"], fitted["best_epoch"] - 1
+    return {
+        "table_2": pd.DataFrame(
+            [
+                {
+                    "model": config.model,
+                    "epoch": e + 1,
+                    "train_accuracy": h["accuracy"][e],
+                    "train_loss": h["loss"][e],
+                    "val_accuracy": h["val_accuracy"][e],
+                    "val_loss": h["val_loss"][e],
+                }
+            ]
+        ),
+        "table_3": pd.DataFrame(
+            [
+                {
+                    "model": config.model,
+                    "total_params": params["total"],
+                    "trainable_params": params["trainable"],
+                    "non_trainable_params": params["non_trainable"],
+                }
+            ]
+        ),
+        "table_4": pd.DataFrame(
+            [
+                {
+                    "model": config.model,
+                    "training_images": training_images,
+                    "image_size": f"{config.image_size}x{config.image_size}",
+                    "epochs": len(h["loss"]),
+                    "learning_rate": config.lr,
+                    "parameters": params["total"],
+                    "training_time_s": round(fitted["seconds"], 1),
+                }
+            ]
+        ),
+    }
+
+
+def _predict(model: Any, arrays: SliceArrays, config: TrainConfig) -> np.ndarray:
+    ds = make_dataset(arrays, config.stage, config.batch, training=False)
+    return np.asarray(model.predict(ds, verbose=0))
+
+
+def evaluate_classifier(
+    model: Any, val: SliceArrays, test: SliceArrays, config: TrainConfig, out: Path
+) -> tuple[dict[str, float], dict[str, float], list[Path]]:
+    """Validation (operating point, selection) and test metrics of a classifier, with plots.
+
+    Returns:
+        `(val_metrics, test_metrics, plot_paths)`; `val_metrics` holds `operating_point` and its
+        sensitivity/specificity on the validation slices.
+    """
+    p_val = _predict(model, val, config)[:, 1]
+    op = metrics.operating_point(val.labels, 1.0 - p_val, config.min_sensitivity)
+    val_m = metrics.classification_metrics(
+        val.labels, p_val, triage_threshold=config.triage_threshold
+    )
+    val_m.update({f"operating_point_{k}": v for k, v in op.items() if k != "threshold"})
+    val_m["operating_point"] = op["threshold"]
+    p_test = _predict(model, test, config)[:, 1]
+    test_m = metrics.classification_metrics(
+        test.labels, p_test, triage_threshold=config.triage_threshold
+    )
+    test_m["sensitivity_at_operating_point"] = metrics.triage_sensitivity(
+        test.labels, 1.0 - p_test, op["threshold"]
+    )
+    fpr, tpr, _ = metrics.roc_curve(test.labels, p_test)
+    rel = metrics.reliability(test.labels, p_test)
+    paths = [plots.confusion_matrix(test_m, out / "confusion_matrix.png")]
+    if fpr.size:
+        paths.append(plots.roc(fpr, tpr, test_m["roc_auc"], out / "roc.png"))
+    paths.append(plots.reliability(rel, test_m["ece"], out / "reliability.png"))
+    return val_m, test_m, paths
+
+
+def evaluate_segmenter(
+    model: Any, val: SliceArrays, test: SliceArrays, config: TrainConfig, out: Path
+) -> tuple[dict[str, float], dict[str, float], list[Path]]:
+    """Dice/IoU on validation and test slices (per slice and per patient), with a mask grid.
+
+    `test` holds every labelled slice of the test patients: `test_*` metrics cover the slices the
+    model trains on (tumour slices unless `include_empty`), `test_all_*` every slice.
+    """
+
+    def masks(arrays: SliceArrays) -> np.ndarray:
+        return _predict(model, arrays, config)[..., 0] > 0.5
+
+    val_pred = masks(val)
+    val_m = metrics.segmentation_metrics(val.masks, val_pred, val.patients)
+    pred = masks(test)
+    test_m = {
+        f"all_{k}": v
+        for k, v in metrics.segmentation_metrics(test.masks, pred, test.patients).items()
+    }
+    focus = np.ones(len(test), bool) if config.include_empty else test.labels.astype(bool)
+    sel = test.select(focus)
+    test_m.update(metrics.segmentation_metrics(sel.masks, pred[focus], sel.patients))
+    show = np.flatnonzero(test.labels)[:8]
+    grid = plots.mask_grid(
+        test.float_images()[show], test.masks[show], pred[show], out / "test_masks.png"
+    )
+    return val_m, test_m, [grid]
+
+
+def _params(config: TrainConfig, plan: DataPlan, train: SliceArrays) -> dict[str, Any]:
+    p = {k: v for k, v in asdict(config).items() if k not in ("archive", "save", "promote")}
+    p["weights"] = config.weights or "none"
+    p["architecture"] = config.model
+    p["backbone"] = config.model if config.stage == "classifier" else "none"
+    p["dataset_fingerprint"] = plan.fingerprint
+    p["split_hash"] = split_hash(plan.splits)
+    p["skipped_files"] = plan.skipped_files
+    p["train_slices_used"] = len(train)
+    p.update(plan.counts)
+    return p
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (no arrays, no patient keys)."""
+
+    run_id: str
+    run_name: str
+    model_uri: str
+    version: str
+    champion: bool
+    val: dict[str, float]
+    test: dict[str, float]
+    saved: str | None = None
+
+
+def _selection(config: TrainConfig, val_m: dict[str, float]) -> tuple[str, float]:
+    """Validation metric that decides the champion: ROC AUC (accuracy if undefined) or Dice."""
+    if config.stage == "segmenter":
+        return "dice_patient_mean", val_m["dice_patient_mean"]
+    if np.isfinite(val_m["roc_auc"]):
+        return "roc_auc", val_m["roc_auc"]
+    return "accuracy", val_m["accuracy"]
+
+
+def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
+    """Train, evaluate, log and register one model inside one MLflow run (FAILED on any error)."""
+    import keras
+
+    from models.summary import count_params
+
+    keras.utils.set_random_seed(config.seed)
+    kind, pre = config.stage, config.preprocess
+    name = tracking.run_name(config.model)
+    with tracking.start_run(tracking.EXPERIMENTS[kind], name, tags={"stage": kind}) as run_id:
+        train, val, test = (
+            load_slices(plan.table, plan.splits[s], pre) for s in ("train", "val", "test")
+        )
+        if kind == "segmenter" and not config.include_empty:
+            train, val = train.select(train.labels == 1), val.select(val.labels == 1)
+        tracking.log_params(run_id, _params(config, plan, train))
+        model = build_model(config)
+        fitted = fit(
+            model,
+            make_dataset(train, kind, config.batch, training=True, seed=config.seed),
+            make_dataset(val, kind, config.batch, training=False),
+            config,
+            run_id,
+            class_weight=class_weights(train.labels) if kind == "classifier" else None,
+        )
+        for table_name, table in paper_tables(
+            config, fitted, count_params(model), len(train)
+        ).items():
+            tracking.log_table(run_id, table, table_name)
+        evaluate = evaluate_classifier if kind == "classifier" else evaluate_segmenter
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            val_m, test_m, paths = evaluate(model, val, test, config, out)
+            paths.append(plots.training_curves(fitted["history"], out / "training_curves.png"))
+            for path in paths:
+                tracking.log_artifact(run_id, path, "plots")
+        tracking.log_metrics(run_id, {f"best_val_{k}": v for k, v in val_m.items()})
+        tracking.log_metrics(run_id, {f"test_{k}": v for k, v in test_m.items()})
+        tracking.log_metrics(
+            run_id,
+            {
+                "training_time_s": fitted["seconds"],
+                "best_epoch": fitted["best_epoch"],
+                "epochs_run": len(fitted["history"]["loss"]),
+            },
+        )
+        metric, score = _selection(config, val_m)
+        info: dict[str, Any] = {
+            "architecture": config.model,
+            "selection_metric": metric,
+            "val_score": score,
+        }
+        if kind == "classifier":
+            tracking.log_metrics(run_id, {"operating_point": val_m["operating_point"]})
+            info.update(
+                operating_point=val_m["operating_point"],
+                triage_threshold=config.triage_threshold,
+                min_sensitivity=config.min_sensitivity,
+            )
+        logged = tracking.log_keras_model(run_id, model, kind, pre, **info)
+        decision = tracking.promote_if_better(
+            kind, logged["version"], metric, score, force=config.promote
+        )
+        version = f"{logged['registered_model']}/{logged['version']}"
+        tracking.set_tags(run_id, {"registered_version": version, "champion": decision["champion"]})
+        saved = None
+        if config.save:
+            saved = str(
+                tracking.save_local_model(model, config.save, kind, pre, version=version, **info)
+            )
+    return TrainResult(
+        run_id, name, logged["model_uri"], version, bool(decision["champion"]), val_m, test_m, saved
+    )
