@@ -76,6 +76,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true")
     t.add_argument("--precision", default="float32", choices=PRECISIONS)
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
+    t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
     _handler(t, "pipeline.bench:cli_bench_triage")
 
 

@@ -136,7 +136,7 @@ def overlay_montage(
         ImageDraw.Draw(img).text((4, 3), captions[i], fill=(255, 255, 0))
         sheet.paste(img, ((i % cols) * tile, (i // cols) * tile))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG", optimize=True)
+    sheet.save(buf, format="PNG", compress_level=4)  # optimize=True costs ~4x the time
     return buf.getvalue()
 
 
