@@ -20,6 +20,7 @@ or a `blockN_*` stage of VGG16 (5 blocks). Frozen BatchNormalization layers run 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +55,7 @@ def _imagenet_backbone(backbone: str, input_shape: tuple[int, int, int]) -> kera
             include_top=False, weights="imagenet", input_shape=input_shape
         )
     except Exception as err:  # Keras raises bare Exception/ValueError for fetch and hash failures
-        cache = Path(getattr(keras.config, "keras_home", lambda: "~/.keras")())
+        cache = Path(os.environ.get("KERAS_HOME") or "~/.keras")  # where Keras' cache lives
         raise WeightsUnavailableError(
             f"could not get the ImageNet weights for {backbone} ({err}). Without internet, put "
             f"{NOTOP_FILES[backbone]} (the official Keras file, MD5 checked) in "
