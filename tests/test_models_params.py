@@ -123,7 +123,11 @@ def test_frozen_backbone_keeps_weights_and_bn_statistics_in_training() -> None:
     inner = model.get_layer("resnet50")
     before_backbone = [w.copy() for w in inner.get_weights()]
     before_head = [w.copy() for w in model.get_layer("resnet50_classifier_dense1").get_weights()]
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="sparse_categorical_crossentropy",
+        run_eagerly=True,  # one step: tracing the train function would cost more than it runs
+    )
     rng = np.random.default_rng(0)
     x = rng.random((4, 64, 64, 3), dtype=np.float32)
     model.train_on_batch(x, np.array([0, 1, 0, 1]))
