@@ -3,7 +3,8 @@
 Each model is built with random weights under the requested precision policy and run on one random
 `(batch, S, S, 3)` batch in [0, 1] through a compiled `tf.function` (graph mode, `training=False`).
 Two warm-up calls (tracing, oneDNN kernel selection) are excluded; then `repeats` timed calls, each
-synchronised by copying the result to NumPy. Reported: median seconds per batch, slices/s,
+synchronised by copying the result to NumPy. Reported: median wall and process-CPU seconds per batch
+(CPU seconds well below wall x cores means other processes shared the machine), slices/s,
 GFLOPs per slice (from the layer graph, see `models.summary`), achieved GFLOP/s = slices/s x
 GFLOPs/slice.
 """
@@ -43,7 +44,8 @@ def bench_model(
         precision: Keras dtype policy for the build ("float32", "mixed_bfloat16", "mixed_float16").
 
     Returns:
-        name, precision, batch, seconds_per_batch (median), slices_per_s, gflops_per_slice,
+        name, precision, batch, seconds_per_batch (median wall), cpu_seconds_per_batch (median
+        process CPU time, all threads), slices_per_s, gflops_per_slice,
         achieved_gflops_per_s, timings_s (every timed call).
     """
     import tensorflow as tf
@@ -59,11 +61,12 @@ def bench_model(
     infer = tf.function(lambda t: model(t, training=False))
     for _ in range(WARMUP_CALLS):
         infer(x).numpy()
-    timings = []
+    timings, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         infer(x).numpy()
         timings.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     per_batch = statistics.median(timings)
     rate = batch / per_batch
     return {
@@ -72,6 +75,7 @@ def bench_model(
         "batch": batch,
         "image_size": image_size,
         "seconds_per_batch": round(per_batch, 4),
+        "cpu_seconds_per_batch": round(statistics.median(cpu), 4),
         "slices_per_s": round(rate, 2),
         "gflops_per_slice": round(flops / 1e9, 3),
         "achieved_gflops_per_s": round(rate * flops / 1e9, 1),
@@ -123,6 +127,7 @@ def cli_bench_models(args: argparse.Namespace) -> int:
             [
                 ("name", "model", str),
                 ("seconds_per_batch", "s/batch", "{:.3f}".format),
+                ("cpu_seconds_per_batch", "CPU s/batch", "{:.3f}".format),
                 ("slices_per_s", "slices/s", "{:.1f}".format),
                 ("gflops_per_slice", "GFLOPs/slice", "{:.2f}".format),
                 ("achieved_gflops_per_s", "GFLOP/s", "{:.1f}".format),
