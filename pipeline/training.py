@@ -180,7 +180,13 @@ def fit(model: Any, train: Any, val: Any, config: TrainConfig, run_id: str, **kw
         ]
         started = time.perf_counter()
         hist = model.fit(
-            train, validation_data=val, epochs=config.epochs, callbacks=callbacks, verbose=2, **kw
+            train,
+            validation_data=val,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=2,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded)
+            **kw,
         )
         seconds = time.perf_counter() - started
         if best.exists():

@@ -1,0 +1,105 @@
+"""tf.data pipelines and the data plan: shapes, paired augmentation, class weights, split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
+from pipeline.preprocess import PreprocessConfig
+from pipeline.synthetic import write_synthetic_archive
+from pipeline.training import TrainConfig, TrainingDataError, plan_data
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_archive(
+        tmp_path_factory.mktemp("syn") / "a", 8, "kaggle", seed=1, slices=10, image_size=64
+    )
+
+
+def test_plan_is_reproducible_and_never_leaks(archive: Path) -> None:
+    a, b = plan_data(str(archive), seed=3), plan_data(str(archive), seed=3)
+    assert a.splits == b.splits and a.fingerprint == b.fingerprint
+    members = [set(v) for v in a.splits.values()]
+    assert sum(map(len, members)) == len(set().union(*members)) == 8
+    assert a.counts["train_tumour_slices"] > 0 and a.counts["val_tumour_slices"] > 0
+    assert split_hash(a.splits) == split_hash(b.splits)
+    assert not any(p in split_hash(a.splits) for p in a.splits["train"])
+
+
+def test_load_slices_and_class_weights(archive: Path) -> None:
+    plan = plan_data(str(archive))
+    arrays = load_slices(plan.table, plan.splits["train"], PreprocessConfig(image_size=32))
+    n = plan.counts["train_slices"]
+    assert arrays.images.shape == (n, 32, 32, 3) and arrays.images.dtype == np.uint8
+    assert arrays.masks.shape == (n, 32, 32) and arrays.masks.dtype == bool
+    assert arrays.labels.sum() == plan.counts["train_tumour_slices"]
+    assert set(arrays.patients) == set(plan.splits["train"])
+    w = class_weights(arrays.labels)
+    # weighted class totals are equal: the classifier sees a balanced loss
+    assert w[0] * np.sum(arrays.labels == 0) == pytest.approx(w[1] * np.sum(arrays.labels == 1))
+    assert class_weights(np.zeros(4)) == {0: 0.5, 1: 1.0}
+
+
+def _blob_arrays(n: int = 16, size: int = 48) -> SliceArrays:
+    """Slices whose FLAIR channel is exactly the (off-centre, asymmetric) mask."""
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.stack([((yy - 14) ** 2 / 36 + (xx - 30 - i % 3) ** 2 / 9) <= 1 for i in range(n)])
+    images = np.zeros((n, size, size, 3), np.uint8)
+    images[..., 1] = masks * 255
+    return SliceArrays(images, masks, np.ones(n, np.int32), ["p"] * n)
+
+
+def test_augmentation_moves_image_and_mask_together() -> None:
+    arrays = _blob_arrays()
+    ds = make_dataset(arrays, "segmenter", 8, training=True, seed=5)
+    moved = 0
+    for x, y in ds:
+        x, y = x.numpy(), y.numpy()[..., 0]
+        assert x.shape == (8, 48, 48, 3) and y.shape == (8, 48, 48)
+        assert x.min() >= 0.0 and x.max() <= 1.0 and set(np.unique(y)) <= {0.0, 1.0}
+        for img, mask in zip(x[..., 1], y, strict=True):
+            bright = img > img.mean() + 0.5 * (img.max() - img.mean())
+            inter = np.sum(bright & (mask > 0))
+            assert 2 * inter / (bright.sum() + mask.sum()) > 0.8
+        moved += int(np.sum(y != arrays.masks[: len(y)]) > 0)
+    assert moved > 0  # something was actually augmented
+
+
+def test_eval_dataset_is_unchanged_and_ordered() -> None:
+    arrays = _blob_arrays(6)
+    x, y = next(iter(make_dataset(arrays, "classifier", 6, training=False)))
+    np.testing.assert_allclose(x.numpy(), arrays.float_images())
+    assert y.numpy().tolist() == [1] * 6
+    with pytest.raises(ValueError, match="task"):
+        make_dataset(arrays, "detector", 2, training=False)
+
+
+def _zero_masks(root: Path) -> None:
+    for path in root.rglob("*_mask.tif"):
+        tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
+
+
+def test_unusable_archives_stop_with_clear_messages(tmp_path: Path) -> None:
+    empty = write_synthetic_archive(tmp_path / "e", 4, "kaggle", seed=0, slices=4, image_size=64)
+    _zero_masks(empty)
+    with pytest.raises(TrainingDataError, match="no tumour slices"):
+        plan_data(str(empty))
+    two = write_synthetic_archive(tmp_path / "t", 2, "kaggle", seed=0, slices=4, image_size=64)
+    with pytest.raises(TrainingDataError, match="cannot split patients"):
+        plan_data(str(two))
+
+
+def test_config_defaults_follow_the_paper() -> None:
+    c = TrainConfig.create("classifier", "a", "resnet50", weights="none", epochs=None)
+    assert (c.epochs, c.lr, c.weights, c.image_size) == (15, 1e-4, None, 256)
+    r = TrainConfig.create("segmenter", "a", "resunet")
+    assert (r.epochs, r.lr, r.loss) == (30, 1e-5, "bce_dice")
+    p = TrainConfig.create("segmenter", "a", "resunet_pp", lr=3e-4)
+    assert (p.lr, p.loss) == (3e-4, "dice")
+    with pytest.raises(ValueError, match="segmenter model"):
+        TrainConfig.create("segmenter", "a", "resnet50")
