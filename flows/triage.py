@@ -74,7 +74,10 @@ def _log_mlflow(params: dict, metrics: dict, out_dir: Path) -> str:
     return log_triage_run(params, metrics, out_dir)
 
 
-@flow(name="mri-triage", log_prints=False)
+_DEFAULT_RUNNER: Any = ThreadPoolTaskRunner(max_workers=2)
+
+
+@flow(name="mri-triage", log_prints=False, task_runner=_DEFAULT_RUNNER)
 def triage_flow(
     archive: str,
     out: str,

@@ -27,3 +27,16 @@ def test_serve_takes_another_cron(tmp_path: Path) -> None:
         ["serve", str(tmp_path), "--out", str(tmp_path / "o"), "--cron", "30 1 * * 1-5"]
     )
     assert [s.schedule.cron for s in build_deployment(args).schedules] == ["30 1 * * 1-5"]
+
+
+def test_prefect_yaml_deploys_the_triage_flow_to_a_work_pool() -> None:
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    (dep,) = spec["deployments"]
+    assert dep["work_pool"]["name"] and dep["schedules"][0]["cron"] == "0 2 * * *"
+    flow = load_flow_from_entrypoint(str(repo / dep["entrypoint"]))
+    assert flow.name == "mri-triage"
+    assert set(dep["parameters"]) <= set(flow.parameters.properties)
