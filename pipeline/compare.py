@@ -73,6 +73,7 @@ SEGMENTER_TEST = [
     "test_dice_slice_mean",
     "test_dice_tumour_slice_mean",
     "test_dice_patient_min",
+    "test_all_dice_patient_mean",
 ]
 
 
