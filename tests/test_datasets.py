@@ -103,3 +103,14 @@ def test_config_defaults_follow_the_paper() -> None:
     assert (p.lr, p.loss) == (3e-4, "dice")
     with pytest.raises(ValueError, match="segmenter model"):
         TrainConfig.create("segmenter", "a", "resnet50")
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    root = write_synthetic_archive(tmp_path / "c", 4, "kaggle", seed=0, slices=4, image_size=64)
+    broken = sorted(root.rglob("*_2.tif"))[0]
+    broken.write_bytes(b"not a tif")
+    plan = plan_data(str(root))
+    assert plan.skipped_files >= 1
+    assert str(broken) not in set(plan.table["image_path"])
+    arrays = load_slices(plan.table, plan.splits["train"], PreprocessConfig(image_size=32))
+    assert len(arrays) == plan.counts["train_slices"]
