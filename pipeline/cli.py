@@ -37,7 +37,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["kaggle", "nifti"], default="kaggle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=24, help="axial slices per patient (default 24)")
-    p.add_argument("--image-size", type=int, default=256, help="in-plane size in pixels (default 256)")
+    p.add_argument(
+        "--image-size", type=int, default=256, help="in-plane size in pixels (default 256)"
+    )
     _handler(p, "pipeline.synthetic:cli_synth")
 
 
@@ -64,7 +66,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--image-size", type=int, default=256)
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--models", nargs="*", help="subset of model names")
-    m.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32")
+    m.add_argument(
+        "--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32"
+    )
     m.add_argument("--json", action="store_true")
     _handler(m, "models.bench:cli_bench_models")
     t = bsub.add_parser("triage", help="end-to-end triage throughput against the models' own time")
@@ -81,7 +85,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier or segmenter (Prefect flow, MLflow tracked)")
+    p = sub.add_parser(
+        "train", help="train a classifier or segmenter (Prefect flow, MLflow tracked)"
+    )
     tsub = p.add_subparsers(dest="stage", required=True)
     for stage in ("classifier", "segmenter"):
         t = tsub.add_parser(stage)
@@ -100,7 +106,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         else:
             t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
             t.add_argument("--loss", default=None, help="dice | bce_dice | tversky | focal_tversky")
-            t.add_argument("--include-empty", action="store_true", help="train on tumour-free slices too")
+            t.add_argument(
+                "--include-empty", action="store_true", help="train on tumour-free slices too"
+            )
         _handler(t, "flows.train:cli_train")
 
 
@@ -152,8 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mri-triage", description="Two-stage brain-MRI tumour triage (research use only)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_index, _add_models, _add_bench, _add_train, _add_compare,
-                _add_triage, _add_demo):
+    for add in (
+        _add_synth,
+        _add_index,
+        _add_models,
+        _add_bench,
+        _add_train,
+        _add_compare,
+        _add_triage,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
