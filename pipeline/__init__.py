@@ -1,3 +1,6 @@
-"""mri-triage core library: archive I/O, preprocessing, datasets, triage, metrics, reports, tracking."""
+"""mri-triage core library.
+
+Archive I/O, preprocessing, datasets, triage, metrics, reports and tracking.
+"""
 
 __version__ = "0.1.0"
