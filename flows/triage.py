@@ -104,12 +104,12 @@ def triage_flow(
     log = get_run_logger()
     settings = TriageSettings(threshold, min_component, batch, precision)
     out_dir = Path(out).absolute()
-    start = time.perf_counter()
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
         index = build_index(archive)
         models = load_triage_models(classifier, segmenter, batch, precision)  # fail early
         previous = manifest.load_manifest(out_dir)
+        start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
         groups = list(index.table.groupby("patient", sort=True))
         log.info("triaging %d patients, %d slices", len(groups), len(index.table))
         futures = [
