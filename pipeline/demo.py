@@ -58,10 +58,13 @@ def run_demo(out: Path, cfg: dict[str, Any] = DEMO) -> dict[str, Any]:
         (out / "mlflow").mkdir(parents=True, exist_ok=True)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow' / 'mlflow.db'}"
     archive, nightly = out / "archive", out / "nightly"
-    for path, n, seed in ((archive, cfg["patients"], cfg["seed"]),
-                          (nightly, cfg["nightly_patients"], cfg["seed"] + 1000)):  # fmt: skip
+    for path, n, seed, prefix in (
+        (archive, cfg["patients"], cfg["seed"], "TRAIN"),
+        (nightly, cfg["nightly_patients"], cfg["seed"] + 1000, "NIGHT"),
+    ):
         if not path.exists():
-            write_synthetic_archive(path, n, "kaggle", seed, cfg["slices"], cfg["native_size"])
+            size = cfg["native_size"]
+            write_synthetic_archive(path, n, "kaggle", seed, cfg["slices"], size, prefix)
     t1 = time.perf_counter()
     seed = cfg["seed"]
     clf = train_classifier_flow(

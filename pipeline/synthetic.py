@@ -217,6 +217,7 @@ def write_synthetic_archive(
     seed: int,
     slices: int = 24,
     image_size: int = 256,
+    prefix: str = "SYN",
 ) -> Path:
     """Write a synthetic archive of phantom patients.
 
@@ -228,6 +229,7 @@ def write_synthetic_archive(
         seed: seed; the same arguments always give the same pixels.
         slices: axial slices per patient.
         image_size: in-plane side in pixels.
+        prefix: patient keys are `<prefix>_0001`, `<prefix>_0002`, ...
 
     Returns:
         The archive root `out`.
@@ -243,7 +245,7 @@ def write_synthetic_archive(
     order = np.random.default_rng([seed, 7]).permutation(patients)
     n_free = min(round(patients / 4), patients - 1)
     tumour_free = {int(i) for i in order[:n_free]}
-    names = [f"SYN_{i + 1:04d}" for i in range(patients)]
+    names = [f"{prefix}_{i + 1:04d}" for i in range(patients)]
     for i, name in enumerate(names):
         rng = np.random.default_rng([seed, i])
         phantom = make_phantom(

@@ -112,3 +112,12 @@ def test_a_simple_classifier_learns_tumour_vs_normal(tmp_path: Path) -> None:
     model = LogisticRegression(max_iter=2000).fit(features(train_x), y_train)
     accuracy = float((model.predict(features(test_x)) == y_test).mean())
     assert accuracy > 0.9, accuracy
+
+
+def test_prefix_names_the_patients(tmp_path: Path) -> None:
+    write_synthetic_archive(
+        tmp_path / "a", 2, "kaggle", seed=3, slices=2, image_size=32, prefix="NIGHT"
+    )
+    table = build_index(tmp_path / "a").table
+    assert sorted(table["patient"].unique()) == ["NIGHT_0001", "NIGHT_0002"]
+    assert (tmp_path / "a" / "NIGHT_0001" / "NIGHT_0001_1.tif").exists()
