@@ -66,16 +66,20 @@ class BatchPredictor:
     """A Keras model behind one compiled `tf.function`, fed in fixed-size batches.
 
     The batch dimension is left open in the input signature, so a patient's last, shorter batch
-    reuses the same graph instead of retracing. Thread-safe; accumulates its own compute time.
+    reuses the same graph instead of retracing. Thread-safe. Predictors built with the same `lock`
+    run one call at a time: TensorFlow already spreads one call over every core, so two patients'
+    model calls at once only fight over the cores, while the other threads read, post-process and
+    write. `seconds` counts the time spent computing (holding the lock), not waiting for it.
     """
 
-    def __init__(self, model: Any, batch: int = 16) -> None:
+    def __init__(self, model: Any, batch: int = 16, lock: threading.Lock | None = None) -> None:
         import tensorflow as tf
 
         self.model = model
         self.batch = int(batch)
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
         self._fn = tf.function(self._forward, input_signature=[spec], reduce_retracing=True)
+        self._compute = lock if lock is not None else threading.Lock()
         self._lock = threading.Lock()
         self.seconds = 0.0
         self.slices = 0
@@ -85,16 +89,19 @@ class BatchPredictor:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Predict `(N, S, S, 3)` float32 in batches; returns the stacked float32 outputs."""
-        outs = []
-        start = time.perf_counter()
-        for i in range(0, len(x), self.batch):
-            outs.append(np.asarray(self._fn(x[i : i + self.batch]), dtype=np.float32))
-        with self._lock:
-            self.seconds += time.perf_counter() - start
-            self.slices += len(x)
-        if not outs:
+        x = np.asarray(x, dtype=np.float32)
+        if not len(x):
             return np.zeros((0, *self.model.output_shape[1:]), dtype=np.float32)
-        return np.concatenate(outs)
+        outs = []
+        with self._compute:
+            start = time.perf_counter()
+            for i in range(0, len(x), self.batch):
+                outs.append(np.asarray(self._fn(x[i : i + self.batch]), dtype=np.float32))
+            spent = time.perf_counter() - start
+        with self._lock:
+            self.seconds += spent
+            self.slices += len(x)
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
 @dataclass
@@ -160,11 +167,12 @@ def load_triage_models(
 
                 lm.model = rebuild_with_policy(lm.model, policy)
             loaded[kind] = lm
+        compute = threading.Lock()  # one model call at a time in this process (see BatchPredictor)
         models = TriageModels(
             classifier=loaded["classifier"],
             segmenter=loaded["segmenter"],
-            classify=BatchPredictor(loaded["classifier"].model, batch),
-            segment=BatchPredictor(loaded["segmenter"].model, batch),
+            classify=BatchPredictor(loaded["classifier"].model, batch, compute),
+            segment=BatchPredictor(loaded["segmenter"].model, batch, compute),
             uris=uris,
             precision=policy,
         )

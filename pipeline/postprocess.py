@@ -6,11 +6,10 @@ axial slice at a time, so a 3-D component would join islands the model never rel
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 DEFAULT_MIN_COMPONENT = 10
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def threshold_probabilities(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -52,11 +51,14 @@ def remove_small_components(masks: np.ndarray, min_size: int) -> np.ndarray:
     for k in range(out.shape[0]):
         if not out[k].any():
             continue
-        labels, n = ndimage.label(out[k], structure=_EIGHT_CONNECTED)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        small = sizes < min_size
+        # OpenCV's labelling: same 8-connected components as scipy's, ~5x faster, releases the GIL.
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            out[k].view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
+        small = stats[:, cv2.CC_STAT_AREA] < min_size
         small[0] = False  # background
-        out[k][small[labels]] = False
+        if small.any():
+            out[k][small[labels]] = False
     return out
 
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw
-from scipy import ndimage
+from PIL import Image
 
 from pipeline.manifest import atomic_write_text
 
@@ -30,7 +30,11 @@ SUMMARY_COLUMNS = [
     "slices", "flagged_slices", "tumour_slices", "largest_slice", "uncertainty", "max_p_tumour",
     "gate_sensitivity", "dice", "seconds",
 ]  # fmt: skip
-_OUTLINE_RGB = (255, 48, 48)
+_GRAY_LEVELS = 254  # palette entries 0-253: gray; 254: outline; 255: caption
+_OUTLINE, _CAPTION = 254, 255
+_GRAYS = [v for g in range(_GRAY_LEVELS) for v in (g * 255 // (_GRAY_LEVELS - 1),) * 3]
+_PALETTE = [*_GRAYS, 255, 48, 48, 255, 255, 0]  # RGB triplets
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)  # scipy's default
 
 
 def _finite(x: float | None) -> float | None:
@@ -104,39 +108,54 @@ def patient_summary(records: Sequence[Mapping[str, Any]], spacing: Sequence[floa
 
 
 def overlay_montage(
-    flair: np.ndarray, masks: np.ndarray, captions: Sequence[str], *, tile: int = 192, cols: int = 6
+    flair: np.ndarray,
+    masks: np.ndarray,
+    captions: Sequence[str],
+    *,
+    tile: int = 192,
+    cols: int = 6,
+    compress_level: int = 1,
 ) -> bytes:
     """PNG montage of slices with the mask outline drawn over FLAIR.
+
+    A palette PNG (gray levels 0-253, then the outline and caption colours): one byte per pixel,
+    a third of what RGB costs to build and compress. OpenCV does the morphology, resizing and text
+    (~1 ms per tile) and zlib the compression, all without the GIL, so a report renders while
+    another thread runs the models.
 
     Args:
         flair: `(n, H, W)` float in [0, 1] (channel 1 of the images).
         masks: `(n, H, W)` bool, native grid.
-        captions: one short caption per tile.
+        captions: one short ASCII caption per tile.
         tile: tile edge in pixels.
         cols: tiles per row.
+        compress_level: zlib level 0-9 (1: fast; ~0.5 MB for 48 tiles of real FLAIR).
 
     Returns:
         PNG bytes (an empty 1×1 image when `n == 0`).
     """
     n = len(flair)
-    if n == 0:
-        buf = io.BytesIO()
-        Image.new("RGB", (1, 1)).save(buf, format="PNG")
-        return buf.getvalue()
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * tile, rows * tile), (0, 0, 0))
+    cols = max(min(cols, n), 1)
+    rows = max(math.ceil(n / cols), 1)
+    sheet = np.zeros((rows * tile, cols * tile) if n else (1, 1), dtype=np.uint8)
     for i in range(n):
-        gray = np.clip(np.nan_to_num(flair[i]) * 255.0, 0, 255).astype(np.uint8)
-        rgb = np.repeat(gray[..., None], 3, axis=-1)
-        m = np.asarray(masks[i], dtype=bool)
-        outline = m & ~ndimage.binary_erosion(m, border_value=0)
-        rgb[ndimage.binary_dilation(outline)] = _OUTLINE_RGB
-        img = Image.fromarray(rgb).resize((tile, tile), Image.Resampling.NEAREST)
-        ImageDraw.Draw(img).text((4, 3), captions[i], fill=(255, 255, 0))
-        sheet.paste(img, ((i % cols) * tile, (i // cols) * tile))
+        gray = np.nan_to_num(np.asarray(flair[i], dtype=np.float32)) * float(_GRAY_LEVELS - 1)
+        gray = np.clip(gray, 0, _GRAY_LEVELS - 1).astype(np.uint8)
+        y, x = (i // cols) * tile, (i % cols) * tile
+        view = sheet[y : y + tile, x : x + tile]
+        view[...] = cv2.resize(gray, (tile, tile), interpolation=cv2.INTER_NEAREST)
+        m = np.asarray(masks[i], dtype=np.uint8)
+        if m.any():  # outline = mask minus its erosion (outside counts as background), thickened
+            inner = cv2.erode(m, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            outline = (m > inner).astype(np.uint8)  # in the mask, not in its erosion
+            ring = cv2.dilate(outline, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            ring = cv2.resize(ring, (tile, tile), interpolation=cv2.INTER_NEAREST)
+            view[ring > 0] = _OUTLINE
+        cv2.putText(view, captions[i], (4, 14), cv2.FONT_HERSHEY_PLAIN, 0.9, _CAPTION, 1)
+    img = Image.fromarray(sheet)  # "L"; putpalette makes it "P"
+    img.putpalette(_PALETTE)
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG", compress_level=4)  # optimize=True costs ~4x the time
+    img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
