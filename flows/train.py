@@ -29,6 +29,19 @@ from pipeline.training import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+#: `TrainConfig` fields the CLI may set beyond the flow's named parameters.
+RECIPE_OPTIONS = (
+    "optimizer",
+    "schedule",
+    "warmup",
+    "input_mode",
+    "normalize",
+    "select",
+    "empty_fraction",
+    "precision",
+    "patience",
+    "min_sensitivity",
+)
 
 
 @task(name="index-and-split", cache_policy=NO_CACHE)
@@ -68,17 +81,22 @@ def train_classifier_flow(
     trainable: str = "all",
     epochs: int | None = None,
     lr: float | None = None,
-    batch: int = 16,
-    image_size: int = 256,
+    batch: int | None = None,
+    image_size: int | None = None,
     seed: int = 0,
     promote: bool = False,
     save: str | None = None,
+    preset: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a ResNet50/VGG16 slice classifier (defaults: 15 epochs, lr 1e-4, 256x256)."""
+    """Train a ResNet50/VGG16 slice classifier (defaults: 15 epochs, lr 1e-4, 256x256; a `preset`
+    fills what is not given; `options` holds further `TrainConfig` fields, e.g. `input_mode`)."""
     config = TrainConfig.create(
         "classifier",
         archive,
         backbone,
+        preset=preset,
+        **(options or {}),
         weights=weights,
         trainable=trainable,
         epochs=epochs,
@@ -100,18 +118,22 @@ def train_segmenter_flow(
     include_empty: bool = False,
     epochs: int | None = None,
     lr: float | None = None,
-    batch: int = 16,
-    image_size: int = 256,
+    batch: int | None = None,
+    image_size: int | None = None,
     seed: int = 0,
     promote: bool = False,
     save: str | None = None,
+    preset: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a ResUNet/ResUNet++ (defaults: 30 epochs; ResUNet lr 1e-5 BCE+Dice, ResUNet++ 1e-4
-    Dice; tumour slices only unless `include_empty`)."""
+    Dice; tumour slices only unless `include_empty`; a `preset` fills what is not given)."""
     config = TrainConfig.create(
         "segmenter",
         archive,
         arch,
+        preset=preset,
+        **(options or {}),
         loss=loss,
         include_empty=include_empty,
         epochs=epochs,
@@ -139,7 +161,10 @@ def _summary(result: dict[str, Any], stage: str) -> str:
     ]
     if stage == "classifier":
         lines.append(
-            f"operating point (val, sensitivity >= 0.98): {result['val']['operating_point']:.4g}"
+            "operating point (val, sensitivity >= "
+            f"{result['val'].get('operating_point_sensitivity', float('nan')):.3f}): P(normal) >= "
+            f"{result['val']['operating_point']:.4g}; temperature "
+            f"{result['val'].get('temperature', 1.0):.3g}"
         )
     if result.get("saved"):
         lines.append(f"saved {result['saved']} (+ .json)")
@@ -161,6 +186,10 @@ def cli_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "promote": args.promote,
         "save": getattr(args, "save", None),
+        "preset": args.preset,
+        "options": {
+            k: getattr(args, k, None) for k in RECIPE_OPTIONS if getattr(args, k, None) is not None
+        },
     }
     try:
         if args.stage == "classifier":

@@ -20,8 +20,9 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import manifest
-from pipeline.inference import TriageSettings, load_triage_models, process_patient, run_metrics
+from pipeline.inference import TriageSettings, process_patient, run_metrics
 from pipeline.report import DISCLAIMER, write_run_reports
+from pipeline.triage import bypass_warning, resolve_threshold
 
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
 
@@ -39,7 +40,7 @@ def triage_patient_task(
     import pandas as pd
 
     s = TriageSettings(**settings)
-    models = load_triage_models(uris["classifier"], uris["segmenter"], s.batch, s.precision)
+    models = s.load_models(uris["classifier"], uris["segmenter"])
     return process_patient(pd.DataFrame(rows), Path(out), models, s, previous, force)
 
 
@@ -83,17 +84,22 @@ def triage_flow(
     out: str,
     classifier: str | None = None,
     segmenter: str | None = None,
-    threshold: float = 0.99,
+    threshold: float | None = None,
     force: bool = False,
     min_component: int = 10,
     batch: int = 16,
     precision: str = "float32",
     track: bool = True,
+    runtime: str = "tf",
+    ov_precision: str = "auto",
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out`.
 
+    `threshold` None takes the classifier's logged operating point (`resolve_threshold`).
+
     Returns:
-        `{"exit_code", "metrics", "out", "summary_csv", "index_html", "run_id"}`.
+        `{"exit_code", "metrics", "out", "summary_csv", "index_html", "run_id", "threshold",
+        "threshold_source", "warnings"}`.
 
     Raises:
         OutputLockedError: another run holds `out`.
@@ -102,12 +108,18 @@ def triage_flow(
     from pipeline.index import build_index, fingerprint
 
     log = get_run_logger()
-    settings = TriageSettings(threshold, min_component, batch, precision)
     out_dir = Path(out).absolute()
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
         index = build_index(archive)
-        models = load_triage_models(classifier, segmenter, batch, precision)  # fail early
+        models = settings.load_models(classifier, segmenter)  # fail early
+        for note in models.notes:  # why a model did not run on OpenVINO
+            log.warning("%s", note)
+        threshold, source = resolve_threshold(threshold, models.classifier.info)
+        settings = TriageSettings(
+        threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision
+    )
+        log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
         previous = manifest.load_manifest(out_dir)
         start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
         groups = list(index.table.groupby("patient", sort=True))
@@ -134,7 +146,19 @@ def triage_flow(
         records = _merge_index_errors(records, index.errors, Path(archive))
         metrics = run_metrics(records, seconds)
         metrics["files_skipped"] = float(len(index.errors))
-        info = {"threshold": threshold, "models": models.versions(), "notice": DISCLAIMER}
+        warnings = [
+            w
+            for w in [bypass_warning(int(metrics["slices_segmented"]), int(metrics["slices"]))]
+            if w
+        ]
+        for warning in warnings:
+            log.warning(warning)
+        info = {
+            "threshold": threshold,
+            "threshold_source": source,
+            "models": models.versions(),
+            "notice": DISCLAIMER,
+        }
         csv_path, index_path = write_run_reports(out_dir, records, info)
     failed = int(metrics["failures"]) + len(index.errors)
     log.info(
@@ -148,8 +172,11 @@ def triage_flow(
             "classifier_version": models.versions()["classifier"],
             "segmenter_version": models.versions()["segmenter"],
             "threshold": threshold,
+            "threshold_source": source,
             "min_component": min_component,
             "precision": models.precision,
+            "runtime_classifier": models.runtimes.get("classifier", "tf"),
+            "runtime_segmenter": models.runtimes.get("segmenter", "tf"),
             "batch": batch,
             "archive_fingerprint": fingerprint(index.table),
         }
@@ -161,6 +188,9 @@ def triage_flow(
         "summary_csv": str(csv_path),
         "index_html": str(index_path),
         "run_id": run_id,
+        "threshold": threshold,
+        "threshold_source": source,
+        "warnings": warnings,
     }
 
 
@@ -186,6 +216,8 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "min_component": getattr(args, "min_component", 10),
         "batch": getattr(args, "batch", 16),
         "precision": getattr(args, "precision", "float32"),
+        "runtime": getattr(args, "runtime", "tf"),
+        "ov_precision": getattr(args, "ov_precision", "auto"),
     }
 
 
@@ -202,6 +234,9 @@ def cli_triage(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     m = result["metrics"]
+    print(f"threshold: P(normal) >= {result['threshold']:.4g} ({result['threshold_source']})")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{int(m['patients'])} patients, {int(m['slices'])} slices, "
         f"{int(m['slices_segmented'])} segmented, {int(m['failures'])} failed; "

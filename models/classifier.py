@@ -43,6 +43,13 @@ class WeightsUnavailableError(RuntimeError):
     """The ImageNet weights could not be downloaded or read from Keras' cache."""
 
 
+def imagenet_weights_cached(backbone: str) -> bool:
+    """Whether Keras' cache (`$KERAS_HOME/models`, default `~/.keras/models`) holds the official
+    headless ImageNet file of `backbone`, so `weights="imagenet"` works offline."""
+    cache = Path(os.environ.get("KERAS_HOME") or "~/.keras").expanduser() / "models"
+    return (cache / NOTOP_FILES[backbone]).is_file()
+
+
 def _backbone_factory(backbone: str):  # type: ignore[no-untyped-def]
     if backbone == "resnet50":
         return keras.applications.ResNet50

@@ -87,14 +87,14 @@ def bench_triage(
     from pipeline.index import build_index
     from pipeline.inference import TriageSettings, load_triage_models, triage_patient
     from pipeline.io import load_patient
-    from pipeline.preprocess import prepare_batch
+    from pipeline.preprocess import patient_inputs, prepare_batch
     from pipeline.triage import route_slices
 
     settings = TriageSettings(threshold=threshold, batch=batch, precision=precision)
     models = load_triage_models(classifier, segmenter, batch, precision)
     table = build_index(archive).table
     groups = [rows for _, rows in table.groupby("patient", sort=True)]
-    same_size = models.segmenter.preprocess.image_size == models.classifier.preprocess.image_size
+    same_size = models.segmenter.preprocess == models.classifier.preprocess
     # Warm-up: trace both compiled functions once so no measurement pays for tracing.
     first = prepare_batch(load_patient(groups[0], models.classifier.preprocess).images[:2],
                           models.classifier.preprocess)  # fmt: skip
@@ -126,13 +126,13 @@ def bench_triage(
     loop_x: list[np.ndarray] = []
     for rows in groups:
         ps = load_patient(rows, models.classifier.preprocess)
-        x = prepare_batch(ps.images, models.classifier.preprocess)
+        x = patient_inputs(ps.images, models.classifier.preprocess)
         start = time.perf_counter()
         flagged = route_slices(models.classify(x)[:, 0], threshold)
         model_s += time.perf_counter() - start
         if flagged.any():  # the segmenter's input is prepared outside the timed region
             pre = models.segmenter.preprocess
-            xs = x[flagged] if same_size else prepare_batch(ps.images[flagged], pre)
+            xs = x[flagged] if same_size else patient_inputs(ps.images, pre)[flagged]
             start = time.perf_counter()
             models.segment(xs)
             model_s += time.perf_counter() - start

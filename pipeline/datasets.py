@@ -1,7 +1,7 @@
 """tf.data pipelines for training: slices of chosen patients in memory, augmented on train only.
 
 Decoding (TIF/NIfTI) and resizing go through `pipeline.io.load_patient` and
-`pipeline.preprocess.prepare_batch` once per patient, so training sees exactly the pixels triage
+`pipeline.preprocess.patient_inputs` once per patient, so training sees exactly the pixels triage
 will; the arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1] floats in
 the pipeline. Augmentation (train only) is applied to image and mask together: horizontal flip,
 small rotation (±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import load_patient
-from pipeline.preprocess import PreprocessConfig, prepare_batch, resize_mask
+from pipeline.preprocess import PreprocessConfig, patient_inputs, resize_mask
 
 ROTATION_DEG = 10.0
 SHIFT = 0.08
@@ -81,7 +81,7 @@ def load_slices(
         if rows.empty:
             continue
         ps = load_patient(rows, config)
-        x = prepare_batch(ps.images, config)
+        x = patient_inputs(ps.images, config)
         images.append(np.round(x * 255.0).astype(np.uint8))
         if ps.masks is None:
             m = np.zeros((len(x), size, size), dtype=bool)
@@ -152,6 +152,7 @@ def make_dataset(
     *,
     training: bool,
     seed: int = 0,
+    keep_empty: float = 1.0,
 ) -> Any:
     """A batched, prefetched `tf.data.Dataset` of `(image, target)`.
 
@@ -162,6 +163,8 @@ def make_dataset(
         batch: batch size.
         training: shuffle (seeded, reshuffled each epoch) and augment; else keep order.
         seed: shuffling and augmentation seed.
+        keep_empty: segmenter training only: the chance that a tumour-free slice is kept in an
+            epoch (drawn afresh each epoch), so the model sees a sampled share of empty slices.
 
     Returns:
         Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
@@ -182,6 +185,12 @@ def make_dataset(
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if training:
         ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True)
+    if training and task == "segmenter" and keep_empty < 1.0:
+        ds = ds.filter(
+            lambda x, y: tf.logical_or(
+                tf.reduce_max(y) > 0.5, tf.random.uniform([], seed=seed + 5) < keep_empty
+            )
+        )
     ds = ds.batch(batch)
     if training:
         ds = ds.map(

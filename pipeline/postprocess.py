@@ -1,7 +1,9 @@
 """Post-processing of segmenter output: threshold, then drop components too small to trust.
 
-Pure array functions. Components are found per slice (2-D, 8-connected): the segmenter sees one
-axial slice at a time, so a 3-D component would join islands the model never related.
+Pure array functions. Components are first found per slice (2-D, 8-connected). Then
+`remove_isolated_3d` looks across adjacent slices (3-D, 26-connected): a tumour spans several
+slices, so a small blob seen on one slice alone is most often a false positive, and a 3-D component
+below a size is noise.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import cv2
 import numpy as np
 
 DEFAULT_MIN_COMPONENT = 10
+#: A 3-D component seen on one slice only is dropped when its area is below this (native pixels).
+DEFAULT_LONE_SLICE_AREA = 200
+#: A 3-D component smaller than this many voxels (native pixels summed over slices) is dropped.
+DEFAULT_MIN_VOLUME = 100
 
 
 def threshold_probabilities(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -76,3 +82,46 @@ def postprocess(
         `(N, H, W)` bool masks; a slice whose mask is empty is normal after all.
     """
     return remove_small_components(threshold_probabilities(prob, threshold), min_component)
+
+
+def remove_isolated_3d(
+    masks: np.ndarray,
+    lone_slice_area: int = DEFAULT_LONE_SLICE_AREA,
+    min_volume: int = DEFAULT_MIN_VOLUME,
+) -> np.ndarray:
+    """Drop 3-D components (26-connected across adjacent slices) that are too small to trust.
+
+    A component is dropped when it lies on a single slice with fewer than `lone_slice_area`
+    pixels, or when its total size is below `min_volume` voxels. Slices are assumed to be in
+    order, adjacent slices touching (as `load_patient` returns them).
+
+    Args:
+        masks: `(N, H, W)` bool, one patient's slices.
+        lone_slice_area: smallest kept single-slice component, in pixels (0 keeps them all).
+        min_volume: smallest kept component, in voxels (0 keeps them all).
+
+    Returns:
+        `(N, H, W)` bool, a subset of `masks`.
+    """
+    from scipy import ndimage
+
+    if lone_slice_area < 0 or min_volume < 0:
+        raise ValueError("lone_slice_area and min_volume must be >= 0")
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {masks.shape}")
+    out = masks.copy()
+    if not out.any() or (lone_slice_area == 0 and min_volume == 0):
+        return out
+    labels, count = ndimage.label(out, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    boxes = ndimage.find_objects(labels)
+    drop = np.zeros(count + 1, dtype=bool)
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        one_slice = box[0].stop - box[0].start == 1
+        drop[i] = sizes[i] < min_volume or (one_slice and sizes[i] < lone_slice_area)
+    if drop.any():
+        out[drop[labels]] = False
+    return out

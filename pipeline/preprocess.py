@@ -16,6 +16,16 @@ import numpy as np
 
 #: Channel order of every image in memory (the Kaggle LGG TIFs' own order).
 CHANNEL_ORDER = ("t1", "flair", "t1ce")
+#: What the model's three input channels hold: "rgb" (T1, FLAIR, T1ce as stored, the paper's),
+#: "flair" (FLAIR x3: needs FLAIR alone) or "flair25d" (FLAIR of slices k-1, k, k+1: FLAIR alone
+#: plus the neighbouring slices as context).
+INPUT_MODES = ("rgb", "flair", "flair25d")
+#: Intensity normalisation before the model: "none" (TIF / 255, NIfTI per-volume percentiles, as
+#: loaded) or "volume" (every channel re-scaled to percentiles of the patient's own foreground, so
+#: an 8-bit TIF series and a raw or z-scored NIfTI volume look alike).
+NORMALIZATIONS = ("none", "volume")
+#: Pixels at or below this [0, 1] intensity are background for the "volume" normalisation.
+BACKGROUND_LEVEL = 0.02
 
 
 @dataclass(frozen=True)
@@ -27,12 +37,16 @@ class PreprocessConfig:
         channels: number of input channels (3: pre-contrast, FLAIR, post-contrast).
         low_percentile: lower clip percentile of a NIfTI volume's foreground voxels.
         high_percentile: upper clip percentile of a NIfTI volume's foreground voxels.
+        input_mode: what the three input channels hold (`INPUT_MODES`).
+        normalize: intensity normalisation per patient (`NORMALIZATIONS`).
     """
 
     image_size: int = 256
     channels: int = 3
     low_percentile: float = 0.5
     high_percentile: float = 99.5
+    input_mode: str = "rgb"
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
@@ -44,6 +58,10 @@ class PreprocessConfig:
                 "need 0 <= low_percentile < high_percentile <= 100, got "
                 f"{self.low_percentile}, {self.high_percentile}"
             )
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -55,7 +73,9 @@ class PreprocessConfig:
         known = {f.name: f.type for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key in known:
+            if key in ("input_mode", "normalize"):
+                kwargs[key] = str(value)
+            elif key in known:
                 kwargs[key] = float(value) if "percentile" in key else int(value)
         return cls(**kwargs)
 
@@ -208,3 +228,77 @@ def prepare_batch(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
     out = resize_image(x, config.image_size)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Re-scale every channel of one patient's slices to percentiles of its own foreground.
+
+    The foreground of a channel is every pixel above `BACKGROUND_LEVEL`; its `low`/`high`
+    percentiles map to 0 and 1 (clipped), and the background stays 0. An 8-bit TIF series windowed
+    by its exporter and a NIfTI volume normalised on loading then share one intensity scale.
+    Idempotent up to rounding (a second pass finds the same percentiles at ~0 and ~1).
+
+    Args:
+        images: `(N, H, W, C)` float32 in [0, 1], one patient's slices.
+        low: foreground percentile mapped to 0.
+        high: foreground percentile mapped to 1.
+
+    Returns:
+        `(N, H, W, C)` float32 in [0, 1].
+    """
+    x = np.asarray(images, dtype=np.float32)
+    out = np.zeros_like(x)
+    for c in range(x.shape[-1]):
+        ch = x[..., c]
+        fg = ch > BACKGROUND_LEVEL
+        if not fg.any():
+            continue
+        lo, hi = np.percentile(ch[fg], [low, high])
+        scaled = (ch - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
+        out[..., c] = np.where(fg, np.clip(scaled, 0.0, 1.0), 0.0)
+    return out
+
+
+def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
+    """Build the model's three channels from one patient's (T1, FLAIR, T1ce) slices.
+
+    Args:
+        images: `(N, H, W, 3)` float32, the patient's slices in slice order (neighbours adjacent).
+        mode: one of `INPUT_MODES`; "flair25d" repeats the first/last slice at the volume's ends.
+
+    Returns:
+        `(N, H, W, 3)` float32.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
+    x = np.asarray(images, dtype=np.float32)
+    if mode == "rgb":
+        return x
+    flair = x[..., 1]
+    if mode == "flair":
+        return np.repeat(flair[..., None], 3, axis=-1)
+    prev = np.concatenate([flair[:1], flair[:-1]])
+    nxt = np.concatenate([flair[1:], flair[-1:]])
+    return np.stack([prev, flair, nxt], axis=-1)
+
+
+def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """One patient's slices → model inputs: normalise, choose channels, resize.
+
+    This is the one place training and triage turn a patient's pixels into model inputs. It works
+    on a whole patient (slices in order), because the "volume" normalisation and the "flair25d"
+    neighbours need the other slices.
+
+    Args:
+        images: `(N, H, W, 3)` float32 in [0, 1] (as `load_patient` returns them), slice order.
+        config: the model's preprocessing.
+
+    Returns:
+        `(N, S, S, 3)` float32 in [0, 1].
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4 or x.shape[-1] != config.channels:
+        raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
+    if config.normalize == "volume" and len(x):
+        x = normalize_volume(x)
+    return prepare_batch(select_channels(x, config.input_mode), config)

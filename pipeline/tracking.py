@@ -112,14 +112,24 @@ def start_run(
     run_name: str,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[str]:
     """Open an MLflow run in `experiment` (created if needed) and yield its run id.
 
     The run ends FINISHED on normal exit, FAILED on any exception (KILLED on Ctrl-C), which is
-    re-raised: a run is never left RUNNING.
+    re-raised: a run is never left RUNNING. With `parent_run_id` (an active run of this thread)
+    the run is nested under it, as the MLflow UI shows child runs.
     """
     exp_id = experiment_id(experiment)
-    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=_str_dict(tags or {}))
+    all_tags = _str_dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=run_name,
+        tags=all_tags,
+        nested=mlflow.active_run() is not None,
+    )
     run_id = run.info.run_id
     try:
         if params:
@@ -437,6 +447,31 @@ def load_model(uri_or_path: str) -> LoadedModel:
     except MlflowException as exc:
         raise ValueError(f"cannot load model {uri_or_path!r}: {exc.message}") from exc
     return _build_loaded(model, meta, version)
+
+
+def model_reference(uri: str) -> tuple[str, bytes]:
+    """`(version, MLmodel file bytes)` of a registry or run model URI, without loading the model.
+
+    The MLmodel file carries MLflow's model UUID and the logged config, so together with the
+    version it identifies the artifact (used to key exported copies; no TensorFlow imported).
+
+    Raises:
+        ValueError: a URI MLflow cannot resolve (message says which).
+    """
+    configure_tracking()
+    try:
+        version = _version_of(uri)
+        source = uri
+        if uri.startswith("models:/"):
+            name, number = version.rsplit("/", 1)
+            source = MlflowClient().get_model_version_download_uri(name, number)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{source.rstrip('/')}/MLmodel", dst_path=tmp
+            )
+            return version, Path(local).read_bytes()
+    except MlflowException as exc:
+        raise ValueError(f"cannot resolve model {uri!r}: {exc.message}") from exc
 
 
 def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, **info: Any) -> Path:

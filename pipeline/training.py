@@ -8,12 +8,14 @@ validation.
 
 Defaults (paper-like, see `TrainConfig.create`): classifier 15 epochs at lr 1e-4; ResUNet 30 epochs
 at lr 1e-5 with BCE+Dice; ResUNet++ 30 epochs at 1e-4 with Dice; 256x256; early-stopping patience 5.
+A named preset (`pipeline.recipes`) fills what the caller leaves out. The optimiser, schedule and
+checkpoint selection live in `pipeline.recipe_fit`; the classifier's temperature and operating
+point in `pipeline.calibration` / `pipeline.metrics`.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import metrics, plots, tracking
+from pipeline import calibration, metrics, plots, recipe_fit, tracking
 from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
 from pipeline.index import build_index, check_no_leakage, fingerprint, split_patients
 from pipeline.preprocess import PreprocessConfig
+from pipeline.recipes import preset_values
 
 MODELS = {"classifier": ("resnet50", "vgg16"), "segmenter": ("resunet", "resunet_pp")}
 DEFAULT_EPOCHS = {"classifier": 15, "segmenter": 30}
@@ -64,29 +67,67 @@ class TrainConfig:
     triage_threshold: float = metrics.TRIAGE_THRESHOLD
     min_sensitivity: float = metrics.MIN_SENSITIVITY
     save: str | None = None
+    preset: str = "none"
+    optimizer: str = "adam"
+    schedule: str = "plateau"
+    warmup: float = 0.0
+    weight_decay: float = 1e-4
+    input_mode: str = "rgb"
+    normalize: str = "none"
+    empty_fraction: float = 0.0
+    select: str = "val_loss"
+    calibrate: bool = True
+    precision: str = "float32"
+    register: bool = True
+    experiment: str | None = None
+    parent_run_id: str | None = None
 
     @classmethod
-    def create(cls, stage: str, archive: str, model: str, **kw: Any) -> TrainConfig:
-        """Fill `None` epochs/lr/loss with the defaults of `model` and check the values."""
+    def create(
+        cls, stage: str, archive: str, model: str, preset: str | None = None, **kw: Any
+    ) -> TrainConfig:
+        """Resolve options: explicit `kw` (None = not given) > `preset` > the model's defaults.
+
+        `weights="auto"` (classifier) means ImageNet when Keras' cache holds the file, else none.
+        """
         if stage not in MODELS:
             raise ValueError(f"stage must be one of {sorted(MODELS)}, got {stage!r}")
         if model not in MODELS[stage]:
             raise ValueError(f"{stage} model must be one of {MODELS[stage]}, got {model!r}")
         kw = {k: v for k, v in kw.items() if v is not None}
+        weights = kw.pop("weights", None)
+        if stage == "classifier" and str(weights).lower() == "auto":
+            from models.classifier import imagenet_weights_cached
+
+            weights = "imagenet" if imagenet_weights_cached(model) else None
+        if stage == "classifier" and str(weights).lower() not in ("none", ""):
+            kw["weights"] = str(weights)
+        pretrained = "weights" in kw
+        for key, value in preset_values(preset, stage, pretrained).items():
+            kw.setdefault(key, value)
         kw.setdefault("epochs", DEFAULT_EPOCHS[stage])
         kw.setdefault("lr", DEFAULT_LR[model])
         kw.setdefault("loss", DEFAULT_LOSS[model])
-        weights = kw.pop("weights", None)
-        if stage == "classifier" and str(weights).lower() not in ("none", ""):
-            kw["weights"] = str(weights)
-        config = cls(stage=stage, archive=str(archive), model=model, **kw)
-        if config.epochs < 1 or config.batch < 1 or config.lr <= 0 or config.image_size < 32:
-            raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
+        if stage == "classifier":
+            kw["loss"] = DEFAULT_LOSS[model]
+        config = cls(
+            stage=stage, archive=str(archive), model=model, preset=str(preset or "none"), **kw
+        )
+        config.check()
         return config
+
+    def check(self) -> None:
+        """Raise `ValueError` naming the allowed values for anything out of range."""
+        if self.epochs < 1 or self.batch < 1 or self.lr <= 0 or self.image_size < 32:
+            raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
+        recipe_fit.check_recipe(self)
+        self.preprocess  # noqa: B018 - validates input_mode and normalize
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(image_size=self.image_size)
+        return PreprocessConfig(
+            image_size=self.image_size, input_mode=self.input_mode, normalize=self.normalize
+        )
 
 
 @dataclass
@@ -129,15 +170,16 @@ def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15
     return DataPlan(table, splits, fingerprint(table), len(index.errors), counts)
 
 
-def build_model(config: TrainConfig) -> Any:
-    """Build and compile the network named by `config.model` (input `(S, S, 3)` in [0, 1])."""
+def build_model(config: TrainConfig, steps_per_epoch: int = 1) -> Any:
+    """Build and compile the network named by `config.model` (input `(S, S, 3)` in [0, 1]) with
+    the recipe's optimiser and schedule (`steps_per_epoch` sizes a cosine schedule)."""
     import keras
 
     from models import build_classifier, build_resunet, build_resunet_pp, get_loss
     from models.losses import dice_coef, iou_coef
 
     shape = (config.image_size, config.image_size, 3)
-    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    optimizer = recipe_fit.make_optimizer(config, steps_per_epoch)
     if config.stage == "classifier":
         model = build_classifier(config.model, shape, config.weights, config.trainable)
         model.compile(
@@ -156,44 +198,8 @@ def build_model(config: TrainConfig) -> Any:
 
 
 def fit(model: Any, train: Any, val: Any, config: TrainConfig, run_id: str, **kw: Any) -> dict:
-    """Fit with EarlyStopping (best weights restored), ReduceLROnPlateau, a best checkpoint and the
-    MLflow epoch logger; one progress line per epoch.
-
-    Returns:
-        `{"history": {...}, "seconds": float, "best_epoch": int (1-based)}`.
-    """
-    import keras
-
-    with tempfile.TemporaryDirectory() as tmp:
-        best = Path(tmp) / "best.weights.h5"
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-7
-            ),
-            keras.callbacks.ModelCheckpoint(
-                str(best), monitor="val_loss", save_best_only=True, save_weights_only=True
-            ),
-            tracking.epoch_logger(run_id),
-        ]
-        started = time.perf_counter()
-        hist = model.fit(
-            train,
-            validation_data=val,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            verbose=2,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded)
-            **kw,
-        )
-        seconds = time.perf_counter() - started
-        if best.exists():
-            model.load_weights(best)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
-    return {"history": history, "seconds": seconds, "best_epoch": best_epoch}
+    """`pipeline.recipe_fit.fit` (kept here for callers of the training module)."""
+    return recipe_fit.fit(model, train, val, config, run_id, **kw)
 
 
 def paper_tables(
@@ -250,18 +256,25 @@ def evaluate_classifier(
 ) -> tuple[dict[str, float], dict[str, float], list[Path]]:
     """Validation (operating point, selection) and test metrics of a classifier, with plots.
 
+    With `config.calibrate`, a temperature is fitted on the validation slices first and every
+    probability below (operating point, test metrics, ECE) is the calibrated one.
+
     Returns:
         `(val_metrics, test_metrics, plot_paths)`; `val_metrics` holds `operating_point` and its
-        sensitivity/specificity on the validation slices.
+        sensitivity/specificity on the validation slices, `temperature` and `ece_uncalibrated`.
     """
-    p_val = _predict(model, val, config)[:, 1]
+    raw_val = _predict(model, val, config)[:, 1]
+    temperature = calibration.fit_temperature(val.labels, raw_val) if config.calibrate else 1.0
+    p_val = calibration.apply_temperature(raw_val, temperature)
     op = metrics.operating_point(val.labels, 1.0 - p_val, config.min_sensitivity)
     val_m = metrics.classification_metrics(
         val.labels, p_val, triage_threshold=config.triage_threshold
     )
     val_m.update({f"operating_point_{k}": v for k, v in op.items() if k != "threshold"})
     val_m["operating_point"] = op["threshold"]
-    p_test = _predict(model, test, config)[:, 1]
+    val_m["temperature"] = temperature
+    val_m["ece_uncalibrated"] = metrics.expected_calibration_error(val.labels, raw_val)
+    p_test = calibration.apply_temperature(_predict(model, test, config)[:, 1], temperature)
     test_m = metrics.classification_metrics(
         test.labels, p_test, triage_threshold=config.triage_threshold
     )
@@ -307,7 +320,8 @@ def evaluate_segmenter(
 
 
 def _params(config: TrainConfig, plan: DataPlan, train: SliceArrays) -> dict[str, Any]:
-    p = {k: v for k, v in asdict(config).items() if k not in ("archive", "save", "promote")}
+    skip = ("archive", "save", "promote", "experiment", "parent_run_id")
+    p = {k: v for k, v in asdict(config).items() if k not in skip}
     p["weights"] = config.weights or "none"
     p["architecture"] = config.model
     p["backbone"] = config.model if config.stage == "classifier" else "none"
@@ -351,20 +365,38 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     kind, pre = config.stage, config.preprocess
     name = tracking.run_name(config.model)
-    with tracking.start_run(tracking.EXPERIMENTS[kind], name, tags={"stage": kind}) as run_id:
+    experiment = config.experiment or tracking.EXPERIMENTS[kind]
+    with tracking.start_run(
+        experiment, name, tags={"stage": kind}, parent_run_id=config.parent_run_id
+    ) as run_id:
         train, val, test = (
             load_slices(plan.table, plan.splits[s], pre) for s in ("train", "val", "test")
         )
+        all_val, keep_empty, n_train = val, 1.0, float(len(train))
         if kind == "segmenter" and not config.include_empty:
-            train, val = train.select(train.labels == 1), val.select(val.labels == 1)
+            val = val.select(val.labels == 1)
+            pos, neg = int(train.labels.sum()), int((train.labels == 0).sum())
+            if config.empty_fraction > 0 and neg:
+                # Tumour slices plus empty slices drawn afresh each epoch, `empty_fraction` of all.
+                wanted = config.empty_fraction / (1.0 - config.empty_fraction) * pos
+                keep_empty = min(1.0, wanted / neg)
+                n_train = pos + keep_empty * neg
+            else:
+                train, keep_empty, n_train = train.select(train.labels == 1), 0.0, float(pos)
         tracking.log_params(run_id, _params(config, plan, train))
-        model = build_model(config)
+        from models.precision import policy_scope
+
+        with policy_scope(config.precision):
+            model = build_model(config, recipe_fit.steps_per_epoch(n_train, config.batch))
         fitted = fit(
             model,
-            make_dataset(train, kind, config.batch, training=True, seed=config.seed),
+            make_dataset(
+                train, kind, config.batch, training=True, seed=config.seed, keep_empty=keep_empty
+            ),
             make_dataset(val, kind, config.batch, training=False),
             config,
             run_id,
+            score_val=all_val,
             class_weight=class_weights(train.labels) if kind == "classifier" else None,
         )
         for table_name, table in paper_tables(
@@ -400,12 +432,18 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
                 operating_point=val_m["operating_point"],
                 triage_threshold=config.triage_threshold,
                 min_sensitivity=config.min_sensitivity,
+                temperature=val_m["temperature"],
             )
-        logged = tracking.log_keras_model(run_id, model, kind, pre, **info)
-        decision = tracking.promote_if_better(
-            kind, logged["version"], metric, score, force=config.promote
-        )
-        version = f"{logged['registered_model']}/{logged['version']}"
+        info["preset"] = config.preset
+        if config.register:
+            logged = tracking.log_keras_model(run_id, model, kind, pre, **info)
+            decision = tracking.promote_if_better(
+                kind, logged["version"], metric, score, force=config.promote
+            )
+            version = f"{logged['registered_model']}/{logged['version']}"
+        else:  # evaluation folds: the model stays out of the registry (and off `champion`)
+            logged, decision = {"model_uri": ""}, {"champion": False}
+            version = f"run:{run_id}"
         tracking.set_tags(run_id, {"registered_version": version, "champion": decision["champion"]})
         saved = None
         if config.save:

@@ -84,3 +84,44 @@ def uncertainty(p_normal: np.ndarray) -> float:
     if p.size == 0:
         return 0.0
     return float(np.max(1.0 - np.abs(2.0 * p - 1.0)))
+
+
+#: Share of slices sent to the segmenter above which the gate is called bypassed (a warning).
+BYPASS_WARNING_SHARE = 0.90
+
+
+def resolve_threshold(explicit: float | None, classifier_info: dict | None) -> tuple[float, str]:
+    """The triage threshold of a run and where it came from.
+
+    Args:
+        explicit: `--threshold` as given, or None.
+        classifier_info: the loaded classifier's logged config (`LoadedModel.info`).
+
+    Returns:
+        `(threshold, source)`: the explicit value ("--threshold"), else the classifier's logged
+        validation operating point ("classifier operating point"), else `DEFAULT_THRESHOLD`
+        ("default: no operating point logged with the classifier"). An operating point above 1
+        (no threshold reaches the sensitivity) is clipped to 1.
+    """
+    if explicit is not None:
+        return check_threshold(explicit), "--threshold"
+    op = (classifier_info or {}).get("operating_point")
+    try:
+        value = float(op)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if np.isfinite(value):
+        return check_threshold(min(max(value, 0.0), 1.0)), "classifier operating point"
+    return DEFAULT_THRESHOLD, "default: no operating point logged with the classifier"
+
+
+def bypass_warning(segmented: int, slices: int) -> str | None:
+    """A warning when the gate sent more than `BYPASS_WARNING_SHARE` of the slices on, else None."""
+    if slices <= 0 or segmented / slices <= BYPASS_WARNING_SHARE:
+        return None
+    return (
+        f"the gate sent {segmented} of {slices} slices ({segmented / slices:.0%}) to the "
+        f"segmenter: it saves almost nothing at this threshold (above "
+        f"{BYPASS_WARNING_SHARE:.0%}); use the classifier's operating point or a lower "
+        "--threshold"
+    )

@@ -36,8 +36,13 @@ def test_config_roundtrip_ignores_unknown_keys() -> None:
         "channels": 3,
         "low_percentile": 1.0,
         "high_percentile": 99.0,
+        "input_mode": "rgb",
+        "normalize": "none",
     }
     assert PreprocessConfig.from_dict({**data, "added_later": "x"}) == cfg
+    # A sidecar written before input modes existed rebuilds the paper's preprocessing.
+    old = {k: v for k, v in data.items() if k not in ("input_mode", "normalize")}
+    assert PreprocessConfig.from_dict(old) == cfg
     assert PreprocessConfig.from_dict({}) == PreprocessConfig()
 
 
