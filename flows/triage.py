@@ -56,6 +56,7 @@ def _merge_index_errors(
             name = rel.parts[0] if len(rel.parts) > 1 else rel.name.split(".")[0]
         except ValueError:
             name = str(err["path"])
+        name = err.get("patient") or name  # DICOM: the study's pseudonym, never a folder name
         by_patient.setdefault(name, []).append(f"{Path(err['path']).name}: {err['reason']}")
     out = [dict(r) for r in records]
     known = {r["patient"]: r for r in out}
@@ -92,6 +93,8 @@ def triage_flow(
     track: bool = True,
     runtime: str = "tf",
     ov_precision: str = "auto",
+    series_pattern: str | None = None,
+    key_map: bool = False,
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out`.
 
@@ -111,7 +114,7 @@ def triage_flow(
     out_dir = Path(out).absolute()
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
-        index = build_index(archive)
+        index = build_index(archive, series_pattern)
         models = settings.load_models(classifier, segmenter)  # fail early
         for note in models.notes:  # why a model did not run on OpenVINO
             log.warning("%s", note)
@@ -160,6 +163,10 @@ def triage_flow(
             "notice": DISCLAIMER,
         }
         csv_path, index_path = write_run_reports(out_dir, records, info)
+        if key_map:  # DICOM pseudonym -> StudyInstanceUID, only on request, only in `out`
+            from pipeline.dicom_case import write_key_map
+
+            write_key_map(out_dir, index.table)
     failed = int(metrics["failures"]) + len(index.errors)
     log.info(
         "%d patients (%d done, %d skipped as already done, %d failed), %.1f slices/s",
@@ -218,6 +225,8 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "precision": getattr(args, "precision", "float32"),
         "runtime": getattr(args, "runtime", "tf"),
         "ov_precision": getattr(args, "ov_precision", "auto"),
+        "series_pattern": getattr(args, "series_pattern", None),
+        "key_map": getattr(args, "write_key_map", False),
     }
 
 

@@ -34,7 +34,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic brain-MRI archive (phantoms with tumours)")
     p.add_argument("out", help="output folder (created; must be empty or absent)")
     p.add_argument("--patients", type=int, default=8, help="number of patients (default 8)")
-    p.add_argument("--format", choices=["kaggle", "nifti"], default="kaggle")
+    p.add_argument("--format", choices=["kaggle", "nifti", "dicom"], default="kaggle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=24, help="axial slices per patient (default 24)")
     p.add_argument(
@@ -48,7 +48,17 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("archive", help="archive root (Kaggle LGG layout or NIfTI folders/files)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--csv", metavar="PATH", help="also write the per-slice table as CSV")
+    _add_series_pattern(p)
     _handler(p, "pipeline.index:cli_index")
+
+
+def _add_series_pattern(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--series-pattern",
+        metavar="REGEX",
+        help="DICOM: regular expression over SeriesDescription/ProtocolName/SequenceName that "
+        "picks each study's FLAIR series (default: FLAIR names or inversion time)",
+    )
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -147,6 +157,12 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
     p.add_argument("--batch", type=int, default=16, help="slices per model call")
     p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    _add_series_pattern(p)
+    p.add_argument(
+        "--write-key-map",
+        action="store_true",
+        help="DICOM: also write OUT/pseudonym_map.csv (patient key -> StudyInstanceUID)",
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

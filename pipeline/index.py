@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.dicom import looks_like_dicom
+from pipeline.dicom_case import index_dicom
 from pipeline.errors import ArchiveError
 from pipeline.io import read_kaggle_image, read_kaggle_mask
 from pipeline.nifti import (
@@ -61,6 +63,8 @@ COLUMNS = [
     "source",
     "image_bytes",
     "mask_bytes",
+    "series_uid",
+    "series_rule",
 ]
 _TIF_SUFFIXES = (".tif", ".tiff")
 #: Documentation beside NIfTI sequences (licences, readmes): neither images nor errors.
@@ -90,6 +94,7 @@ class _Walk:
     errors: list[dict[str, str]] = field(default_factory=list)
     patients: dict[str, str] = field(default_factory=dict)
     seen_dirs: set[str] = field(default_factory=set)
+    dicom_files: list[str] = field(default_factory=list)
 
     def error(self, path: str | Path, reason: str) -> None:
         self.errors.append({"path": str(path), "reason": reason})
@@ -143,6 +148,10 @@ def _walk(walk: _Walk, folder: str) -> None:
     names = [os.path.basename(f) for f in files]
     tifs = [f for f, n in zip(files, names, strict=True) if n.lower().endswith(_TIF_SUFFIXES)]
     niftis = [f for f, n in zip(files, names, strict=True) if is_nifti(n)]
+    if not tifs and not niftis and _collect_dicom(walk, files):
+        for sub in dirs:
+            _walk(walk, sub)
+        return
     if tifs:
         _index_kaggle(walk, folder, files, dirs)
         return
@@ -160,6 +169,34 @@ def _walk(walk: _Walk, folder: str) -> None:
             walk.error(folder, "empty patient folder")
     for sub in dirs:
         _walk(walk, sub)
+
+
+def _collect_dicom(walk: _Walk, files: list[str]) -> bool:
+    """Keep a folder's DICOM files for the archive-wide series grouping; True if it had any.
+
+    DICOMDIR and documentation files are ignored; any other file beside DICOM files is an error.
+    """
+    dicom = [f for f in files if looks_like_dicom(f)]
+    if not dicom:
+        return False
+    walk.dicom_files.extend(dicom)
+    for path in sorted(set(files) - set(dicom)):
+        name = os.path.basename(path)
+        if name.upper() != "DICOMDIR" and not name.lower().endswith(_DOC_SUFFIXES):
+            walk.error(path, "not a DICOM file (beside DICOM images); ignored")
+    return True
+
+
+def _index_dicom(walk: _Walk, series_pattern: str | None) -> None:
+    rows, errors = index_dicom(walk.dicom_files, series_pattern)
+    walk.errors.extend(errors)
+    claimed: dict[str, bool] = {}
+    for row in rows:
+        patient = row["patient"]
+        if patient not in claimed:
+            claimed[patient] = walk.claim(patient, row["source"])
+        if claimed[patient]:
+            walk.rows.append(row)
 
 
 def _index_kaggle(walk: _Walk, folder: str, files: list[str], dirs: list[str]) -> None:
@@ -289,13 +326,17 @@ def _index_nifti_case(walk: _Walk, path: str, patient: str) -> None:
     walk.rows.extend({**common, "slice": z, "tumour_pixels": int(tumour[z])} for z in range(depth))
 
 
-def build_index(root: str | Path) -> SliceIndex:
+def build_index(root: str | Path, series_pattern: str | None = None) -> SliceIndex:
     """Index an archive: one row per slice, every unusable file reported in `errors`.
 
     Nothing in the archive is modified; symbolic links leading outside it are not followed.
+    DICOM files anywhere in the archive are grouped by study and series (`pipeline.dicom_case`):
+    one patient per study, keyed by its pseudonym, from its FLAIR series.
 
     Args:
-        root: archive root (Kaggle LGG layout, NIfTI folders/files, or a mix).
+        root: archive root (Kaggle LGG layout, NIfTI folders/files, DICOM, or a mix).
+        series_pattern: regular expression choosing the FLAIR series of DICOM studies
+            (`--series-pattern`); None = the default rules of `pipeline.dicom_select`.
 
     Returns:
         The table (columns `COLUMNS`, sorted by patient then slice number) and the errors.
@@ -308,9 +349,12 @@ def build_index(root: str | Path) -> SliceIndex:
         raise ArchiveError(base, "archive folder not found")
     walk = _Walk(root=os.path.realpath(base))
     _walk(walk, str(base))
+    if walk.dicom_files:
+        _index_dicom(walk, series_pattern)
     if not walk.rows and not walk.errors:
-        walk.error(base, "no MRI images (TIF or NIfTI) found")
-    table = pd.DataFrame(walk.rows, columns=COLUMNS)
+        walk.error(base, "no MRI images (TIF, NIfTI or DICOM) found")
+    blank = {"series_uid": "", "series_rule": ""}  # DICOM-only columns
+    table = pd.DataFrame([{**blank, **row} for row in walk.rows], columns=COLUMNS)
     table = table.astype(
         {
             "patient": str,
@@ -388,7 +432,7 @@ def cli_index(args: argparse.Namespace) -> int:
     """`mri-triage index ARCHIVE [--json] [--csv PATH]`; exit status 2 when anything was skipped."""
     started = time.perf_counter()
     try:
-        index = build_index(args.archive)
+        index = build_index(args.archive, getattr(args, "series_pattern", None))
     except ArchiveError as exc:
         if args.json:
             error = {"path": exc.path, "reason": exc.reason}

@@ -181,11 +181,14 @@ def load_triage_models(
 
 
 def input_files(rows: pd.DataFrame) -> list[str]:
-    """Every file one patient's outputs depend on (images, masks, the rest of a NIfTI folder)."""
+    """Every file one patient's outputs depend on (images, masks, the rest of a NIfTI folder,
+    every file under a DICOM series' folder)."""
     paths = [p for col in ("image_path", "mask_path") for p in rows[col] if p]
     for src in rows.get("source", pd.Series(dtype=str)).unique():
         if os.path.isdir(src) and (rows["format"] == "nifti").any():
             paths.extend(str(p) for p in sorted(Path(src).iterdir()) if p.is_file())
+        elif os.path.isdir(src) and (rows["format"] == "dicom").any():
+            paths.extend(str(p) for p in sorted(Path(src).rglob("*")) if p.is_file())
     return list(dict.fromkeys(paths))
 
 
@@ -263,6 +266,8 @@ def triage_patient(
         "summary": report.patient_summary(recs, ps.spacing),
         "disclaimer": report.DISCLAIMER,
     }
+    if ps.dicom is not None:  # which series was read and why (no identities, UIDs or dates)
+        rep["series"] = ps.dicom.describe()
     if ps.masks is not None:
         rep["metrics"] = _gt_metrics(ps.masks, np.asarray(ps.has_mask, bool), flagged, pred)
     stage = manifest.staging_dir(out_dir, ps.patient)

@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,8 @@ class PatientSlices:
         has_mask: `(N,)` bool, False where a slice's ground truth is missing (its mask row is
             all False then and must not be used as a label).
         image_paths: source file of each slice.
-        geometry: NIfTI stored grid and reorientation (None for Kaggle).
+        geometry: NIfTI/DICOM stored grid and reorientation (None for Kaggle).
+        dicom: the DICOM series read (`pipeline.dicom_case.DicomSource`), None otherwise.
     """
 
     patient: str
@@ -150,6 +152,7 @@ class PatientSlices:
     has_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     image_paths: list[str] = field(default_factory=list)
     geometry: NiftiGeometry | None = None
+    dicom: Any = None
 
     @property
     def native_hw(self) -> tuple[int, int]:
@@ -161,7 +164,8 @@ class PatientSlices:
 
         Kaggle: one `<patient>_<k>_pred.tif` per slice (0/255 uint8, native size).
         NIfTI: one `<patient>_pred.nii.gz` (uint8 0/1) in the input's grid, affine and shape;
-        slices not in `self.slices` are written as 0.
+        slices not in `self.slices` are written as 0. DICOM: the same NIfTI mask (series grid)
+        plus `<patient>_seg.dcm`, a DICOM Segmentation referencing the source images.
 
         Args:
             pred: `(N, H, W)` bool, same N, H, W as `images`.
@@ -184,7 +188,13 @@ class PatientSlices:
             raise ValueError("NIfTI patient without geometry; cannot write a mask back")
         canonical = np.zeros(self.geometry.canonical_shape, dtype=bool)
         canonical[:, :, self.slices] = np.transpose(mask, (1, 2, 0))
-        return [write_nifti_mask(canonical, self.geometry, out / f"{self.patient}_pred.nii.gz")]
+        paths = [write_nifti_mask(canonical, self.geometry, out / f"{self.patient}_pred.nii.gz")]
+        if self.format == "dicom":
+            from pipeline.dicom_seg import write_dicom_seg
+
+            native = self.geometry.to_native(canonical)
+            paths.append(write_dicom_seg(native, self.dicom, out / f"{self.patient}_seg.dcm"))
+        return paths
 
 
 def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
@@ -227,6 +237,12 @@ def _load_kaggle(patient: str, rows: pd.DataFrame) -> PatientSlices:
 def _load_nifti(patient: str, rows: pd.DataFrame, config: PreprocessConfig | None) -> PatientSlices:
     source = str(rows["source"].iloc[0]) if "source" in rows else str(rows["image_path"].iloc[0])
     case = load_nifti_case(source, config)
+    return _slices_of(case, rows, source)
+
+
+def _slices_of(case: NiftiCase, rows: pd.DataFrame, source: str) -> PatientSlices:
+    """The canonical axial slices listed in `rows` of a case on the canonical RAS grid."""
+    patient = str(rows["patient"].iloc[0])
     slices = [int(z) for z in rows["slice"]]
     depth = case.image.shape[2]
     if any(z < 0 or z >= depth for z in slices):
@@ -246,6 +262,18 @@ def _load_nifti(patient: str, rows: pd.DataFrame, config: PreprocessConfig | Non
         image_paths=[str(case.sources["flair"])] * len(slices),
         geometry=case.geometry,
     )
+
+
+def _load_dicom(patient: str, rows: pd.DataFrame, config: PreprocessConfig | None) -> PatientSlices:
+    from pipeline.dicom_case import load_dicom_case
+
+    first = rows.iloc[0]
+    case, source = load_dicom_case(
+        str(first["source"]), str(first["series_uid"]), patient, str(first["series_rule"]), config
+    )
+    ps = _slices_of(case, rows, str(first["source"]))
+    ps.format, ps.dicom = "dicom", source
+    return ps
 
 
 def load_patient(rows: pd.DataFrame, config: PreprocessConfig | None = None) -> PatientSlices:
@@ -268,4 +296,6 @@ def load_patient(rows: pd.DataFrame, config: PreprocessConfig | None = None) -> 
         return _load_kaggle(patient, ordered)
     if fmt == "nifti":
         return _load_nifti(patient, ordered, config)
+    if fmt == "dicom":
+        return _load_dicom(patient, ordered, config)
     raise ValueError(f"unknown format {fmt!r}")

@@ -25,12 +25,21 @@ from typing import Any
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".triage.lock"
 STAGING_NAME = ".staging"
+SUMMARY_NAME = "summary.csv"
+INDEX_NAME = "index.html"
+#: Names the run itself owns in `OUT/` (lower case): no patient folder may take one of them.
+RUN_FILES = frozenset(n.lower() for n in (MANIFEST_NAME, LOCK_NAME, STAGING_NAME, SUMMARY_NAME,
+                                          INDEX_NAME))  # fmt: skip
 _MANIFEST_VERSION = 1
 _manifest_guard = threading.Lock()
 
 
 class OutputLockedError(RuntimeError):
     """Another triage run holds the output folder."""
+
+
+class OutputStateError(RuntimeError):
+    """Something in the output folder is not what this run wrote (a link, a file for a folder)."""
 
 
 @contextlib.contextmanager
@@ -48,7 +57,10 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputStateError(f"{path} is not a lock file this tool wrote; remove it by hand")
+    # O_NOFOLLOW: a lock planted as a link must never truncate the file it points to.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,9 +102,17 @@ def staging_dir(out_dir: Path, name: str) -> Path:
         out_dir: the run's output folder.
         name: the folder's final name (the patient key), kept in the staging name for debugging.
     """
-    path = out_dir / STAGING_NAME / f"{name}.{uuid.uuid4().hex[:12]}"
+    root = out_dir / STAGING_NAME
+    if root.is_symlink():
+        raise OutputStateError(f"{root} is a symbolic link; refusing to write through it")
+    path = root / f"{name}.{uuid.uuid4().hex[:12]}"
     path.mkdir(parents=True)
     return path
+
+
+def _is_output_folder(path: Path) -> bool:
+    """A real folder (not a link) holding a `report.json`: something a triage run wrote."""
+    return path.is_dir() and not path.is_symlink() and (path / "report.json").is_file()
 
 
 def commit_dir(staging: Path, final: Path) -> None:
@@ -100,9 +120,20 @@ def commit_dir(staging: Path, final: Path) -> None:
 
     A directory cannot be `os.replace`d onto a non-empty one, so the old one is first renamed aside;
     a crash between the two renames leaves no folder, and the patient is simply redone next run.
+    Only an earlier output (a real folder with a `report.json`, directly in the staging folder's
+    output folder) is ever replaced: anything else in the way is left alone and this raises.
+
+    Raises:
+        OutputStateError: `final` is not a plain name in the output folder, or something that is
+            not an earlier triage output is in its place.
     """
+    out_dir = staging.parent.parent
+    if final.parent.resolve() != out_dir.resolve() or final.name.lower() in RUN_FILES:
+        raise OutputStateError(f"{final} is not a patient folder of {out_dir}")
     old: Path | None = None
-    if final.exists():
+    if final.exists() or final.is_symlink():
+        if not _is_output_folder(final):
+            raise OutputStateError(f"{final} exists and is not a triage output; not replaced")
         old = staging.parent / f"{final.name}.old.{uuid.uuid4().hex[:12]}"
         os.replace(final, old)
     os.replace(staging, final)
@@ -111,8 +142,15 @@ def commit_dir(staging: Path, final: Path) -> None:
 
 
 def clean_staging(out_dir: Path) -> None:
-    """Remove staging leftovers of killed runs (call only while holding the lock)."""
-    shutil.rmtree(out_dir / STAGING_NAME, ignore_errors=True)
+    """Remove staging leftovers of killed runs (call only while holding the lock).
+
+    Raises:
+        OutputStateError: `OUT/.staging` is a link or a file (never followed or removed).
+    """
+    root = out_dir / STAGING_NAME
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise OutputStateError(f"{root} is not a staging folder this tool wrote; remove it by hand")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def files_digest(paths: Iterable[str | Path]) -> str:
@@ -123,7 +161,7 @@ def files_digest(paths: Iterable[str | Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         path = Path(p)
-        h.update(path.name.encode("utf-8") + b"\0")
+        h.update(os.fsencode(path.name) + b"\0")
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -165,11 +203,39 @@ def record_patient(out_dir: Path, patient: str, entry: Mapping[str, Any]) -> Non
         atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(payload, indent=1, default=str))
 
 
+def output_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file directly in a patient's output folder, by file name."""
+    return {
+        p.name: files_digest([p])
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.is_symlink()
+    }
+
+
 def is_done(
-    manifest: Mapping[str, Mapping[str, Any]], out_dir: Path, patient: str, key: str
+    manifest: Mapping[str, Mapping[str, Any]],
+    out_dir: Path,
+    patient: str,
+    key: str,
+    folder: str | None = None,
 ) -> bool:
-    """True when `patient` finished with the same key and its report is still in place."""
+    """True when `patient` finished with the same key and every output it lists is unchanged.
+
+    Args:
+        manifest: `load_manifest(out_dir)`.
+        out_dir: the run's output folder.
+        patient: the patient key (manifest entries are keyed on it).
+        key: this run's key for the patient (`run_key`).
+        folder: the patient's output folder name (default: the key itself).
+    """
     entry = manifest.get(patient)
     if not entry or entry.get("status") != "done" or entry.get("key") != key:
         return False
-    return (out_dir / patient / "report.json").is_file()
+    path = out_dir / (folder or entry.get("folder") or patient)
+    if not _is_output_folder(path):
+        return False
+    recorded = entry.get("outputs") or {}  # no recorded outputs (older entry): redo
+    return bool(recorded) and all(
+        (path / name).is_file() and files_digest([path / name]) == digest
+        for name, digest in dict(recorded).items()
+    )

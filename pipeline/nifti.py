@@ -88,13 +88,17 @@ class NiftiGeometry:
 
     @classmethod
     def from_header(cls, image: nib.Nifti1Image | nib.Nifti2Image) -> NiftiGeometry:
-        shape = tuple(int(s) for s in image.shape[:3])
-        transform = ornt.ornt_transform(ornt.io_orientation(image.affine), _RAS)
-        canonical_affine = image.affine @ ornt.inv_ornt_aff(transform, shape)
+        return cls.from_affine(np.asarray(image.affine), tuple(int(s) for s in image.shape[:3]))
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> NiftiGeometry:
+        """Geometry of a stored grid `shape` (3-D) with RAS `affine` (also used for DICOM)."""
+        transform = ornt.ornt_transform(ornt.io_orientation(affine), _RAS)
+        canonical_affine = affine @ ornt.inv_ornt_aff(transform, shape)
         sizes = nib.affines.voxel_sizes(canonical_affine)
         return cls(
-            affine=np.asarray(image.affine, dtype=np.float64),
-            shape=(shape[0], shape[1], shape[2]),
+            affine=np.asarray(affine, dtype=np.float64),
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             to_canonical=transform,
             spacing=(float(sizes[0]), float(sizes[1]), float(sizes[2])),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
+import functools
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import jinja2
 import numpy as np
 from PIL import Image
 
-from pipeline.manifest import atomic_write_text
+from pipeline.manifest import INDEX_NAME, SUMMARY_NAME, atomic_write_text
+from pipeline.safety import csv_cell, display_text, output_name
 
 DISCLAIMER = (
     "Research use only, not a medical device. Findings must be reviewed by a qualified reader."
@@ -160,32 +162,35 @@ def overlay_montage(
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
+    if x is None or isinstance(x, jinja2.Undefined):
         return "—"
     if isinstance(x, float):
         return "—" if not math.isfinite(x) else f"{x:.{digits}f}"
     return str(x)
 
 
-def _page(title: str, body: str) -> str:
-    style = (
-        "body{font-family:sans-serif;margin:1.5em;max-width:1200px}"
-        "table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
-        ".notice{background:#fff3cd;border:1px solid #e0c060;padding:8px;margin:1em 0}"
-        ".tumour{background:#fde0e0}.failed{background:#eee;color:#900}"
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The page templates (`pipeline/templates/`), autoescaped: user strings are always text."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
     )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p class='notice'><b>{html.escape(DISCLAIMER)}</b></p>{body}</body></html>\n"
-    )
+    env.filters["fmt"] = _fmt
+    env.filters["key"] = display_text
+    return env
+
+
+def _render(template: str, title: str, **context: Any) -> str:
+    page = _templates().get_template(template)
+    return page.render(title=display_text(title), disclaimer=DISCLAIMER, **context)
 
 
 def render_patient_html(report: Mapping[str, Any], montage_png: bytes | None) -> str:
     """Self-contained HTML page for one patient (the montage is embedded as base64 PNG)."""
     s = report["summary"]
-    rows = [
+    facts: list[tuple[str, Any]] = [
         ("Slices", s["slices"]),
         ("Flagged by the classifier (segmented)", len(s["flagged_slices"])),
         ("Slices with tumour", ", ".join(map(str, s["tumour_slices"])) or "none"),
@@ -197,30 +202,19 @@ def render_patient_html(report: Mapping[str, Any], montage_png: bytes | None) ->
         ("Threshold on P(normal)", report["threshold"]),
     ]
     for stage, m in report["models"].items():
-        rows.append((f"{stage} model", f"{m.get('uri', '')} (version {m.get('version', '?')})"))
+        facts.append((f"{stage} model", f"{m.get('uri', '')} (version {m.get('version', '?')})"))
     for name, value in report.get("metrics", {}).items():
-        rows.append((f"vs ground truth: {name}", _fmt(value)))
-    table = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-    )
-    body = f"<table>{table}</table>"
+        facts.append((f"vs ground truth: {name}", _fmt(value)))
+    b64 = None
     if montage_png is not None and s["flagged_slices"]:
         b64 = base64.b64encode(montage_png).decode("ascii")
-        body += (
-            "<h2>Flagged slices (red outline: predicted tumour over FLAIR)</h2>"
-            f"<img alt='overlay montage' src='data:image/png;base64,{b64}'>"
-        )
-    slice_rows = "".join(
-        f"<tr class='{'tumour' if r['tumour'] else ''}'><td>{r['slice']}</td>"
-        f"<td>{_fmt(r['p_tumour'])}</td><td>{r['route']}</td><td>{r['mask_pixels']}</td>"
-        f"<td>{_fmt(r['mask_mm2'], 1)}</td></tr>"
-        for r in report["slices"]
+    return _render(
+        "report.html",
+        f"Triage report: {report['patient']}",
+        facts=[(display_text(str(k)), display_text(str(v))) for k, v in facts],
+        montage_b64=b64,
+        slices=report["slices"],
     )
-    body += (
-        "<h2>Slices</h2><table><tr><th>slice</th><th>P(tumour)</th><th>route</th>"
-        f"<th>mask px</th><th>mask mm²</th></tr>{slice_rows}</table>"
-    )
-    return _page(f"Triage report: {report['patient']}", body)
 
 
 def record_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,6 +223,7 @@ def record_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
     metrics = report.get("metrics", {})
     return {
         "patient": report["patient"],
+        "output": report.get("output") or output_name(str(report["patient"])),
         "status": report.get("status", "done"),
         "reason": "",
         "tumour_found": s["tumour_found"],
@@ -265,55 +260,48 @@ def summary_csv(records: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for rank, rec in enumerate(priority_order(records), start=1):
-        row = {k: ("" if rec.get(k) is None else rec.get(k)) for k in SUMMARY_COLUMNS}
+        row = {k: ("" if rec.get(k) is None else csv_cell(rec.get(k))) for k in SUMMARY_COLUMNS}
         row["priority"] = rank
         writer.writerow(row)
     return buf.getvalue()
 
 
-def render_index_html(records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> str:
-    """The run's worklist page, linking each patient's `report.html`."""
+def render_index_html(
+    records: Sequence[Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    skipped: Sequence[Mapping[str, str]] = (),
+) -> str:
+    """The run's worklist page, linking each patient's `report.html` (by its safe folder name).
+
+    Args:
+        records: one per patient (`status` done, skipped or failed; `output` the folder name).
+        run_info: label → value lines shown above the worklist.
+        skipped: `{path, reason}` of files that belong to no patient (stray files, links).
+    """
     ordered = priority_order(records)
-    ok = [r for r in ordered if r.get("status") != "failed"]
-    failed = [r for r in ordered if r.get("status") == "failed"]
-    rows = []
-    for rank, r in enumerate(ok, start=1):
-        p = html.escape(str(r["patient"]))
-        rows.append(
-            f"<tr class='{'tumour' if r.get('tumour_found') else ''}'><td>{rank}</td>"
-            f"<td><a href='{p}/report.html'>{p}</a></td>"
-            f"<td>{'yes' if r.get('tumour_found') else 'no'}</td>"
-            f"<td>{_fmt(r.get('volume_ml'))}</td><td>{r.get('tumour_pixels', 0)}</td>"
-            f"<td>{r.get('flagged_slices', 0)}/{r.get('slices', 0)}</td>"
-            f"<td>{_fmt(r.get('uncertainty'))}</td></tr>"
-        )
-    body = "".join(
-        f"<p>{html.escape(str(k))}: {html.escape(_fmt(v))}</p>" for k, v in run_info.items()
+    worklist = [
+        {**r, "output": r.get("output") or output_name(str(r["patient"]))}
+        for r in ordered
+        if r.get("status") != "failed"
+    ]
+    return _render(
+        "index.html",
+        "Triage worklist",
+        run_info=[(display_text(str(k)), display_text(_fmt(v))) for k, v in run_info.items()],
+        worklist=worklist,
+        failed=[r for r in ordered if r.get("status") == "failed"],
+        skipped=list(skipped),
     )
-    body += (
-        "<h2>Worklist</h2><table><tr><th>#</th><th>patient</th><th>tumour</th><th>volume mL</th>"
-        "<th>tumour px</th><th>flagged/slices</th><th>uncertainty</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-    if failed:
-        body += (
-            "<h2>Failed</h2><table><tr><th>patient</th><th>reason</th></tr>"
-            + "".join(
-                f"<tr class='failed'><td>{html.escape(str(r['patient']))}</td>"
-                f"<td>{html.escape(str(r.get('reason', '')))}</td></tr>"
-                for r in failed
-            )
-            + "</table>"
-        )
-    return _page("Triage worklist", body)
 
 
 def write_run_reports(
-    out_dir: Path, records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]
+    out_dir: Path,
+    records: Sequence[Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    skipped: Sequence[Mapping[str, str]] = (),
 ) -> tuple[Path, Path]:
     """Write `summary.csv` and `index.html` atomically; returns their paths."""
-    csv_path, index_path = out_dir / "summary.csv", out_dir / "index.html"
+    csv_path, index_path = out_dir / SUMMARY_NAME, out_dir / INDEX_NAME
     atomic_write_text(csv_path, summary_csv(records))
-    atomic_write_text(index_path, render_index_html(records, run_info))
+    atomic_write_text(index_path, render_index_html(records, run_info, skipped))
     return csv_path, index_path

@@ -264,11 +264,18 @@ def write_synthetic_archive(
 
 
 def cli_synth(args: argparse.Namespace) -> int:
-    """`mri-triage synth OUT --patients N --format kaggle|nifti --seed S`."""
+    """`mri-triage synth OUT --patients N --format kaggle|nifti|dicom --seed S`."""
     try:
-        root = write_synthetic_archive(
-            args.out, args.patients, args.format, args.seed, args.slices, args.image_size
-        )
+        if args.format == "dicom":
+            from pipeline.synthetic_dicom import write_synthetic_dicom_archive
+
+            root = write_synthetic_dicom_archive(
+                args.out, args.patients, args.seed, args.slices, args.image_size
+            )
+        else:
+            root = write_synthetic_archive(
+                args.out, args.patients, args.format, args.seed, args.slices, args.image_size
+            )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

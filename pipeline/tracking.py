@@ -493,6 +493,16 @@ def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, *
 # ---------------------------------------------------------------- triage runs (issue 5) -----------
 
 
+#: Outputs that carry identities stay out of MLflow: DICOM SEG files hold the source's patient and
+#: study modules, the pseudonym map links keys to StudyInstanceUIDs.
+_PRIVATE_SUFFIXES = (".dcm",)
+_PRIVATE_NAMES = ("pseudonym_map.csv",)
+
+
+def _private(path: Path) -> bool:
+    return path.suffix.lower() in _PRIVATE_SUFFIXES or path.name in _PRIVATE_NAMES
+
+
 def log_triage_run(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
@@ -512,11 +522,9 @@ def log_triage_run(
     with start_run(EXPERIMENTS["triage"], run_name("triage"), params, tags) as run_id:
         log_metrics(run_id, metrics)
         client = MlflowClient()
-        for item in sorted(out.iterdir()):
-            if item.name.startswith("."):
+        for item in sorted(out.rglob("*")):
+            rel = item.relative_to(out)
+            if any(p.startswith(".") for p in rel.parts) or not item.is_file() or _private(item):
                 continue
-            if item.is_dir():
-                client.log_artifacts(run_id, str(item), f"triage/{item.name}")
-            else:
-                client.log_artifact(run_id, str(item), "triage")
+            client.log_artifact(run_id, str(item), "/".join(("triage", *rel.parts[:-1])))
     return run_id

@@ -13,12 +13,14 @@ from pipeline.manifest import (
     LOCK_NAME,
     MANIFEST_NAME,
     OutputLockedError,
+    OutputStateError,
     atomic_write_text,
     clean_staging,
     commit_dir,
     files_digest,
     is_done,
     load_manifest,
+    output_hashes,
     output_lock,
     record_patient,
     run_key,
@@ -69,6 +71,7 @@ def test_commit_dir_replaces_old_folder(tmp_path: Path) -> None:
     final = tmp_path / "P1"
     final.mkdir()
     (final / "old.txt").write_text("old")
+    (final / "report.json").write_text("{}")  # an earlier output of a run: replaced
     stage = staging_dir(tmp_path, "P1")
     (stage / "report.json").write_text("{}")
     commit_dir(stage, final)
@@ -99,15 +102,53 @@ def test_digest_and_key_change_with_inputs(tmp_path: Path) -> None:
 
 def test_manifest_round_trip_and_done(tmp_path: Path) -> None:
     assert load_manifest(tmp_path) == {}
-    record_patient(tmp_path, "P1", {"key": "k1", "status": "done"})
+    record_patient(tmp_path, "P1", {"key": "k1", "status": "done", "outputs": {}})
     record_patient(tmp_path, "P2", {"key": "k2", "status": "failed", "reason": "bad"})
     manifest = load_manifest(tmp_path)
     assert set(manifest) == {"P1", "P2"}
     assert not is_done(manifest, tmp_path, "P1", "k1")  # no report in place yet
     (tmp_path / "P1").mkdir()
     (tmp_path / "P1" / "report.json").write_text("{}")
+    assert not is_done(manifest, tmp_path, "P1", "k1")  # no output hashes recorded: redo
+    record_patient(
+        tmp_path, "P1", {"key": "k1", "status": "done", "outputs": output_hashes(tmp_path / "P1")}
+    )
+    manifest = load_manifest(tmp_path)
     assert is_done(manifest, tmp_path, "P1", "k1")
+    (tmp_path / "P1" / "report.json").write_text("{ }")  # an output changed: not done any more
+    assert not is_done(manifest, tmp_path, "P1", "k1")
+    (tmp_path / "P1" / "report.json").write_text("{}")
     assert not is_done(manifest, tmp_path, "P1", "other-key")
     assert not is_done(manifest, tmp_path, "P2", "k2")
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     assert load_manifest(tmp_path) == {}
+
+
+def test_commit_dir_never_replaces_what_it_did_not_write(tmp_path: Path) -> None:
+    user = tmp_path / "P1"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")  # not a triage output (no report.json)
+    stage = staging_dir(tmp_path, "P1")
+    (stage / "report.json").write_text("{}")
+    with pytest.raises(OutputStateError, match="not a triage output"):
+        commit_dir(stage, user)
+    assert (user / "notes.txt").read_text() == "mine"
+    for name in ("manifest.json", ".triage.lock", "..", "."):
+        with pytest.raises(OutputStateError):
+            commit_dir(stage, tmp_path / name)
+    assert stage.is_dir()
+
+
+def test_planted_links_are_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.tif"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".triage.lock").symlink_to(victim)
+    with pytest.raises(OutputStateError), output_lock(out):
+        pass
+    (out / ".triage.lock").unlink()
+    (out / ".staging").symlink_to(tmp_path)
+    with pytest.raises(OutputStateError):
+        clean_staging(out)
+    assert victim.read_bytes() == b"precious"
