@@ -174,7 +174,7 @@ def test_archive_without_images_reports_it(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("nothing here\n")
     index = build_index(tmp_path)
     assert index.table.empty and list(index.table.columns) == COLUMNS
-    assert [e["reason"] for e in index.errors] == ["no MRI images (TIF or NIfTI) found"]
+    assert [e["reason"] for e in index.errors] == ["no MRI images (TIF, NIfTI or DICOM) found"]
 
 
 def _table(tumour_by_patient: dict[str, list[int]]) -> pd.DataFrame:
