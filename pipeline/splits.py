@@ -77,3 +77,81 @@ def check_no_leakage(splits: dict[str, list[str]]) -> None:
                     f"patient leakage: one patient is in both {seen[patient]!r} and {name!r}"
                 )
             seen[patient] = name
+
+
+def assign_folds(table: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict[str, int]:
+    """Patient-level k-fold assignment, seeded and stratified by tumour burden.
+
+    Patients are ordered by their share of tumour slices (tumour-free patients first), cut into
+    consecutive strata of `folds` patients, and each stratum is dealt to the folds in a seeded
+    random order: every fold gets patients from the whole range of burdens and about N / k patients.
+
+    Args:
+        table: an index table (`patient`, `tumour_pixels`, `has_mask`).
+        folds: number of folds k (>= 2).
+        seed: dealing seed.
+
+    Returns:
+        `{patient: fold}` with folds 0..k-1.
+
+    Raises:
+        ValueError: k < 2 or fewer patients than folds.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    labelled = table["has_mask"].astype(bool)
+    tumour = ((table["tumour_pixels"] > 0) & labelled).astype(float)
+    burden = tumour.groupby(table["patient"]).mean()
+    patients = sorted(burden.index, key=lambda p: (float(burden[p]), str(p)))
+    if len(patients) < folds:
+        raise ValueError(f"need at least {folds} patients for {folds} folds, got {len(patients)}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, int] = {}
+    for start in range(0, len(patients), folds):
+        stratum = patients[start : start + folds]
+        order = rng.permutation(folds)[: len(stratum)]
+        out.update({str(p): int(f) for p, f in zip(stratum, order, strict=True)})
+    return out
+
+
+def fold_splits(
+    assignment: dict[str, int],
+    fold: int,
+    val: float = 0.15,
+    seed: int = 0,
+    tumour_patients: set[str] | None = None,
+) -> dict[str, list[str]]:
+    """train/val/test for one fold: test = the fold's patients; val = a seeded share of the rest,
+    holding at least one of `tumour_patients` (when given and any is left) so validation can
+    measure sensitivity.
+
+    Raises:
+        ValueError: `fold` not in the assignment, or too few patients left for train and val.
+    """
+    folds = sorted(set(assignment.values()))
+    if fold not in folds:
+        raise ValueError(f"fold must be one of {folds}, got {fold}")
+    test = sorted(p for p, f in assignment.items() if f == fold)
+    rest = sorted(p for p, f in assignment.items() if f != fold)
+    n_val = max(1, round(val * len(rest)))
+    if len(rest) - n_val < 1:
+        raise ValueError(f"too few patients outside fold {fold} for train and validation")
+    rng = np.random.default_rng(seed + 1000 * (fold + 1))
+    picked = set(rng.choice(rest, size=n_val, replace=False).tolist())
+    with_tumour = sorted(p for p in rest if tumour_patients and p in tumour_patients)
+    if with_tumour and not picked & set(with_tumour):
+        picked.discard(sorted(picked)[0])
+        picked.add(str(rng.choice(with_tumour)))
+    splits = {
+        "train": sorted(p for p in rest if p not in picked),
+        "val": sorted(picked),
+        "test": test,
+    }
+    check_no_leakage(splits)
+    return splits
+
+
+def tumour_patient_set(table: pd.DataFrame) -> set[str]:
+    """Patients with at least one labelled tumour slice."""
+    tumour = (table["tumour_pixels"] > 0) & table["has_mask"].astype(bool)
+    return {str(p) for p in table.loc[tumour, "patient"].unique()}

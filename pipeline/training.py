@@ -141,11 +141,11 @@ class DataPlan:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15) -> DataPlan:
-    """Index `archive` and split its labelled slices by patient (seeded, stratified, leak-checked).
+def labelled_table(archive: str) -> tuple[pd.DataFrame, int]:
+    """The index rows with ground truth and the number of skipped files.
 
     Raises:
-        TrainingDataError: nothing labelled, no tumour slice, or too few patients to split.
+        TrainingDataError: nothing labelled, or no tumour slice.
     """
     index = build_index(archive)
     table = index.table[index.table["has_mask"].astype(bool)].reset_index(drop=True)
@@ -153,10 +153,13 @@ def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15
         raise TrainingDataError(f"{archive}: no slices with ground-truth masks to train on")
     if not (table["tumour_pixels"] > 0).any():
         raise TrainingDataError(f"{archive}: no tumour slices (every mask is empty); cannot train")
-    try:
-        splits = split_patients(table, val=val, test=test, seed=seed)
-    except ValueError as err:
-        raise TrainingDataError(f"{archive}: cannot split patients: {err}") from err
+    return table, len(index.errors)
+
+
+def plan_from_splits(
+    archive: str, table: pd.DataFrame, splits: dict[str, list[str]], skipped: int = 0
+) -> DataPlan:
+    """A `DataPlan` for given patient splits (leak-checked; train and val need tumour slices)."""
     check_no_leakage(splits)
     counts: dict[str, int] = {}
     for name, members in splits.items():
@@ -167,7 +170,21 @@ def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15
     for name in ("train", "val"):
         if counts[f"{name}_tumour_slices"] == 0:
             raise TrainingDataError(f"{archive}: the {name} patients have no tumour slice")
-    return DataPlan(table, splits, fingerprint(table), len(index.errors), counts)
+    return DataPlan(table, splits, fingerprint(table), skipped, counts)
+
+
+def plan_data(archive: str, seed: int = 0, val: float = 0.15, test: float = 0.15) -> DataPlan:
+    """Index `archive` and split its labelled slices by patient (seeded, stratified, leak-checked).
+
+    Raises:
+        TrainingDataError: nothing labelled, no tumour slice, or too few patients to split.
+    """
+    table, skipped = labelled_table(archive)
+    try:
+        splits = split_patients(table, val=val, test=test, seed=seed)
+    except ValueError as err:
+        raise TrainingDataError(f"{archive}: cannot split patients: {err}") from err
+    return plan_from_splits(archive, table, splits, skipped)
 
 
 def build_model(config: TrainConfig, steps_per_epoch: int = 1) -> Any:

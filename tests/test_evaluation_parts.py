@@ -1,0 +1,179 @@
+"""Fold assignment, temperature scaling, 3-D post-processing, threshold resolution, recipes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import metrics
+from pipeline.calibration import apply_temperature, fit_temperature
+from pipeline.postprocess import remove_isolated_3d
+from pipeline.recipes import PRESETS, preset_values
+from pipeline.splits import assign_folds, fold_splits, tumour_patient_set
+from pipeline.triage import DEFAULT_THRESHOLD, bypass_warning, resolve_threshold
+
+
+def _table(n_patients: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        burden = 0.0 if i % 6 == 0 else rng.uniform(0.1, 0.7)
+        for k in range(20):
+            rows.append(
+                {
+                    "patient": f"P{i:03d}",
+                    "slice": k + 1,
+                    "has_mask": True,
+                    "tumour_pixels": int(rng.random() < burden) * 50,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("n", "k"), [(70, 5), (23, 5), (10, 3), (5, 5)])
+def test_folds_partition_patients_reproducibly(n: int, k: int) -> None:
+    table = _table(n)
+    a = assign_folds(table, k, seed=3)
+    assert a == assign_folds(table, k, seed=3)
+    assert set(a) == set(table["patient"])  # every patient in exactly one fold
+    sizes = np.bincount(list(a.values()), minlength=k)
+    assert sizes.max() - sizes.min() <= 1
+    assert a != assign_folds(table, k, seed=4) or n == k
+    tumour = tumour_patient_set(table)
+    for fold in range(k):
+        if n - sizes[fold] < 2:
+            continue
+        s = fold_splits(a, fold, seed=3, tumour_patients=tumour)
+        assert set(s["test"]) == {p for p, f in a.items() if f == fold}
+        members = s["train"] + s["val"] + s["test"]
+        assert len(members) == len(set(members)) == n  # no patient shared between splits
+        if tumour - set(s["test"]):
+            assert set(s["val"]) & tumour  # validation can measure sensitivity
+
+
+def test_folds_stratify_tumour_burden() -> None:
+    table = _table(70)
+    a = assign_folds(table, 5, seed=0)
+    burden = (table["tumour_pixels"] > 0).groupby(table["patient"]).mean()
+    per_fold = [np.mean([burden[p] for p, f in a.items() if f == k]) for k in range(5)]
+    assert max(per_fold) - min(per_fold) < 0.1
+
+
+def test_fold_errors_name_allowed_values() -> None:
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        assign_folds(_table(5), 1)
+    with pytest.raises(ValueError, match="at least 5 patients"):
+        assign_folds(_table(3), 5)
+    with pytest.raises(ValueError, match="fold must be one of"):
+        fold_splits(assign_folds(_table(10), 5), 7)
+
+
+def test_temperature_scaling_lowers_ece_on_overconfident_scores() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    true_p = np.where(y == 1, rng.beta(5, 2, y.size), rng.beta(2, 5, y.size))
+    # Overconfident: logits multiplied by 4 (T = 4 undoes it).
+    z = np.log(true_p) - np.log1p(-true_p)
+    over = 1 / (1 + np.exp(-4 * z))
+    y = (rng.random(y.size) < true_p).astype(int)  # labels drawn from the true probabilities
+    t = fit_temperature(y, over)
+    assert 3.0 < t < 5.5
+    calibrated = apply_temperature(over, t)
+    before = metrics.expected_calibration_error(y, over)
+    after = metrics.expected_calibration_error(y, calibrated)
+    assert after < before / 2
+    assert metrics.roc_auc(y, calibrated) == pytest.approx(
+        metrics.roc_auc(y, over), abs=1e-5
+    )  # float32 ties
+
+
+def test_temperature_edge_cases() -> None:
+    assert fit_temperature([1, 1, 1], [0.9, 0.8, 0.7]) == 1.0  # one class: nothing to fit
+    assert fit_temperature([], []) == 1.0
+    p = np.array([0.2, np.nan, 0.9])
+    out = apply_temperature(p, 2.0)
+    assert np.isnan(out[1]) and 0.2 < out[0] < 0.5 and 0.5 < out[2] < 0.9
+    np.testing.assert_allclose(apply_temperature(p[[0, 2]], 1.0), p[[0, 2]], rtol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        apply_temperature(p, 0.0)
+
+
+def test_3d_postprocessing_on_hand_made_masks() -> None:
+    m = np.zeros((6, 40, 40), bool)
+    m[1:4, 10:20, 10:20] = True  # a tumour over three slices: kept
+    m[5, 30:33, 30:33] = True  # a 9-px blob on one slice: dropped
+    m[0, 0:20, 30:40] = True  # 200 px on one slice: kept at lone_slice_area 150
+    m[3, 35:38, 0:3] = True  # 9 px, next to nothing in 3-D: dropped
+    out = remove_isolated_3d(m, lone_slice_area=150, min_volume=50)
+    assert out[1:4, 10:20, 10:20].all()
+    assert not out[5].any() and not out[3, 35:38, 0:3].any()
+    assert out[0, 0:20, 30:40].all()
+    assert not (out & ~m).any()  # a subset of the input
+    # A blob touching the tumour diagonally on the next slice belongs to it (26-connected).
+    m2 = np.zeros((3, 10, 10), bool)
+    m2[0, 2:6, 2:6] = True
+    m2[1, 6, 6] = True
+    kept = remove_isolated_3d(m2, lone_slice_area=100, min_volume=0)
+    assert kept[1, 6, 6] and kept[0, 2:6, 2:6].all()  # spans two slices: not a lone blob
+    np.testing.assert_array_equal(remove_isolated_3d(m, 0, 0), m)
+    with pytest.raises(ValueError):
+        remove_isolated_3d(m[0], 10, 10)
+
+
+def test_resolve_threshold_and_bypass_warning() -> None:
+    assert resolve_threshold(0.5, {"operating_point": 0.7}) == (0.5, "--threshold")
+    thr, source = resolve_threshold(None, {"operating_point": 0.7})
+    assert thr == 0.7 and "operating point" in source
+    assert resolve_threshold(None, {"operating_point": 1.3})[0] == 1.0
+    thr, source = resolve_threshold(None, {})
+    assert thr == DEFAULT_THRESHOLD and source.startswith("default")
+    assert resolve_threshold(None, {"operating_point": None})[0] == DEFAULT_THRESHOLD
+    with pytest.raises(ValueError):
+        resolve_threshold(1.5, None)
+    assert bypass_warning(95, 100) and "95%" in bypass_warning(95, 100)  # type: ignore[operator]
+    assert bypass_warning(90, 100) is None and bypass_warning(0, 0) is None
+
+
+def test_hd95_and_bootstrap() -> None:
+    a = np.zeros((3, 20, 20), bool)
+    a[1, 5:10, 5:10] = True
+    b = np.roll(a, 3, axis=2)
+    assert metrics.hd95(a, a) == 0.0
+    assert metrics.hd95(a, b) == pytest.approx(3.0)
+    assert metrics.hd95(a, b, (1.0, 1.0, 0.5)) == pytest.approx(1.5)
+    assert np.isnan(metrics.hd95(a, np.zeros_like(a)))
+    assert metrics.hd95(np.zeros_like(a), np.zeros_like(a)) == 0.0
+    lo, hi = metrics.bootstrap_ci(list(range(100)), np.mean, n_boot=500)
+    assert lo < 49.5 < hi and hi - lo < 25
+    assert all(np.isnan(metrics.bootstrap_ci([], np.mean)))
+
+
+def test_presets_and_precedence() -> None:
+    from pipeline.training import TrainConfig
+
+    assert set(PRESETS) == {"paper", "cpu", "gpu"}
+    cpu = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", weights="none")
+    assert (cpu.image_size, cpu.lr, cpu.input_mode, cpu.schedule) == (
+        64,
+        1e-3,
+        "flair25d",
+        "cosine",
+    )
+    assert cpu.preprocess.normalize == "volume" and cpu.preset == "cpu"
+    mine = TrainConfig.create(
+        "classifier", "x", "resnet50", preset="cpu", weights="none", image_size=96, lr=5e-4
+    )
+    assert (mine.image_size, mine.lr, mine.epochs) == (96, 5e-4, 20)  # explicit beats preset
+    pre = preset_values("cpu", "classifier", pretrained=True)
+    assert pre["lr"] == 1e-4  # from ImageNet: a fine-tuning rate
+    paper = TrainConfig.create("segmenter", "x", "resunet", preset="paper")
+    assert (paper.image_size, paper.lr, paper.input_mode) == (256, 1e-5, "rgb")
+    seg = TrainConfig.create("segmenter", "x", "resunet", preset="cpu")
+    assert seg.empty_fraction == 0.3 and seg.select == "auto"
+    with pytest.raises(ValueError, match="preset must be one of"):
+        TrainConfig.create("segmenter", "x", "resunet", preset="fast")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig.create("segmenter", "x", "resunet", optimizer="sgd")
+    with pytest.raises(ValueError, match="input_mode must be one of"):
+        TrainConfig.create("segmenter", "x", "resunet", input_mode="t2")
