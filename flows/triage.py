@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline import manifest
 from pipeline.inference import TriageSettings, process_patient, run_metrics
 from pipeline.report import DISCLAIMER, write_run_reports
+from pipeline.runtime import load_triage_runtime
 from pipeline.triage import bypass_warning, resolve_threshold
 
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
@@ -115,13 +116,15 @@ def triage_flow(
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
         index = build_index(archive, series_pattern)
-        models = settings.load_models(classifier, segmenter)  # fail early
+        models = load_triage_runtime(
+            classifier, segmenter, batch, precision, runtime, ov_precision, threshold
+        )  # fail early
         for note in models.notes:  # why a model did not run on OpenVINO
             log.warning("%s", note)
         threshold, source = resolve_threshold(threshold, models.classifier.info)
         settings = TriageSettings(
-        threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision
-    )
+            threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision
+        )
         log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
         previous = manifest.load_manifest(out_dir)
         start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing

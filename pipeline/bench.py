@@ -12,8 +12,6 @@ bill its own cost to the pipeline. Figures are printed, never asserted.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import threading
 import time
@@ -74,24 +72,32 @@ def bench_triage(
     precision: str = "float32",
     loop_slices: int = 64,
     workers: int = 2,
+    runtime: str = "tf",
+    ov_precision: str = "auto",
 ) -> dict[str, Any]:
     """Run the three measurements and return the figures (no patient keys).
+
+    `runtime` / `ov_precision` choose the models' runtime (`pipeline.runtime`); the per-slice
+    loop is TF's `model.predict` (skipped with `loop_slices=0`, or when a model is not on TF).
 
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
         `ratio_end_to_end_to_model`, `per_slice_loop_s` (extrapolated) and `loop_slices_timed`,
         `speedup_vs_per_slice_loop`, `segmenter_calls_saved`, `rss_mb_after_patient` (list),
         `rss_peak_mb` (sampled), `model_s_in_end_to_end` (model time inside the end-to-end run),
-        versions and settings.
+        `model_s_classify` / `model_s_segment`, `runtimes`, `parity`, `notes`, versions and
+        settings.
     """
     from pipeline.index import build_index
-    from pipeline.inference import TriageSettings, load_triage_models, triage_patient
+    from pipeline.inference import TriageSettings, triage_patient
     from pipeline.io import load_patient
     from pipeline.preprocess import patient_inputs, prepare_batch
     from pipeline.triage import route_slices
 
-    settings = TriageSettings(threshold=threshold, batch=batch, precision=precision)
-    models = load_triage_models(classifier, segmenter, batch, precision)
+    settings = TriageSettings(threshold, batch=batch, precision=precision, runtime=runtime,
+                              ov_precision=ov_precision)  # fmt: skip
+    models = settings.load_models(classifier, segmenter)
+    rss_start = _rss_mb()
     table = build_index(archive).table
     groups = [rows for _, rows in table.groupby("patient", sort=True)]
     same_size = models.segmenter.preprocess == models.classifier.preprocess
@@ -122,14 +128,14 @@ def bench_triage(
     inside = models.classify.seconds + models.segment.seconds
 
     # The models alone, batched, on the same preprocessed slices (preparation not timed).
-    model_s = 0.0
+    model_s = clf_s = 0.0
     loop_x: list[np.ndarray] = []
     for rows in groups:
         ps = load_patient(rows, models.classifier.preprocess)
         x = patient_inputs(ps.images, models.classifier.preprocess)
         start = time.perf_counter()
         flagged = route_slices(models.classify(x)[:, 0], threshold)
-        model_s += time.perf_counter() - start
+        clf_s += time.perf_counter() - start
         if flagged.any():  # the segmenter's input is prepared outside the timed region
             pre = models.segmenter.preprocess
             xs = x[flagged] if same_size else patient_inputs(ps.images, pre)[flagged]
@@ -139,12 +145,11 @@ def bench_triage(
         if sum(len(a) for a in loop_x) < loop_slices:
             loop_x.append(x)
     n = len(table)
-    lx = np.concatenate(loop_x)[:loop_slices]
-    # Per stage, extrapolated: classifier calls scale with slices, segmenter calls with flagged.
-    per_clf = _per_slice_seconds(models.classifier.model, lx)
-    seg_x = lx if same_size else prepare_batch(lx, models.segmenter.preprocess)
-    per_seg = _per_slice_seconds(models.segmenter.model, seg_x[: max(loop_slices // 2, 1)])
-    loop_total = per_clf * n + per_seg * flagged_total
+    loop = {"per_slice_loop_s": None, "loop_slices_timed": 0, "speedup_vs_per_slice_loop": None}
+    on_tf = models.classifier.model is not None and models.segmenter.model is not None
+    if loop_slices > 0 and on_tf:
+        lx = np.concatenate(loop_x)[:loop_slices]
+        loop = per_slice_loop(models, lx, n, flagged_total, e2e)
     return {
         "patients": len(groups),
         "slices": n,
@@ -152,15 +157,19 @@ def bench_triage(
         "segmenter_calls_saved": n - flagged_total,
         "end_to_end_s": e2e,
         "end_to_end_slices_per_s": n / e2e,
-        "model_s": model_s,
-        "ratio_end_to_end_to_model": e2e / model_s,
-        "per_slice_loop_s": loop_total,
-        "loop_slices_timed": len(lx),
-        "speedup_vs_per_slice_loop": loop_total / e2e,
+        "model_s": clf_s + model_s,
+        "model_s_classify": clf_s,
+        "model_s_segment": model_s,
+        "ratio_end_to_end_to_model": e2e / (clf_s + model_s),
+        **loop,
         "model_s_in_end_to_end": inside,
+        "rss_mb_at_start": round(rss_start, 1),
         "rss_mb_after_patient": [round(r, 1) for r in rss],
         "rss_peak_mb": round(peak.mb, 1),
         "models": models.versions(),
+        "runtimes": models.runtimes,
+        "parity": models.parity,
+        "notes": models.notes,
         "threshold": threshold,
         "batch": batch,
         "workers": workers,
@@ -168,41 +177,21 @@ def bench_triage(
     }
 
 
-def format_table(r: dict[str, Any]) -> str:
-    """The figures as a Markdown table."""
-    rss = r["rss_mb_after_patient"]
-    rows = [
-        ("patients / slices / flagged", f"{r['patients']} / {r['slices']} / {r['flagged']}"),
-        ("end-to-end", f"{r['end_to_end_s']:.2f} s = {r['end_to_end_slices_per_s']:.1f} slices/s"),
-        ("models alone (batched)", f"{r['model_s']:.2f} s"),
-        ("model time inside end-to-end", f"{r['model_s_in_end_to_end']:.2f} s"),
-        ("ratio end-to-end / models", f"{r['ratio_end_to_end_to_model']:.2f} (goal <= 1.15)"),
-        (
-            "per-slice predict loop",
-            f"{r['per_slice_loop_s']:.1f} s (extrapolated from {r['loop_slices_timed']} slices)",
-        ),
-        ("speed-up vs per-slice loop", f"{r['speedup_vs_per_slice_loop']:.1f}x (goal >= 10x)"),
-        ("segmenter calls saved by the gate", f"{r['segmenter_calls_saved']}"),
-        ("RSS after first / last patient", f"{rss[0]:.0f} / {rss[-1]:.0f} MB (max {max(rss):.0f})"),
-        ("RSS peak during end-to-end (sampled)", f"{r['rss_peak_mb']:.0f} MB"),
-        ("patients at once (threads, as the flow)", f"{r['workers']}"),
-        ("models", f"{r['models']['classifier']} + {r['models']['segmenter']} ({r['precision']})"),
-    ]
-    lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    return "\n".join(lines)
+def per_slice_loop(
+    models: Any, x: np.ndarray, slices: int, flagged: int, e2e: float
+) -> dict[str, Any]:
+    """The public notebooks' per-slice `model.predict` loop (TF models), timed on `x` and
+    extrapolated: classifier calls scale with `slices`, segmenter calls with `flagged`."""
+    from pipeline.preprocess import prepare_batch
 
-
-def cli_bench_triage(args: argparse.Namespace) -> int:
-    """`mri-triage bench triage ARCHIVE [--classifier URI] [--segmenter URI] [--json]`."""
-    result = bench_triage(
-        args.archive,
-        args.classifier,
-        args.segmenter,
-        args.threshold,
-        args.batch,
-        getattr(args, "precision", "float32"),
-        getattr(args, "loop_slices", 64),
-        getattr(args, "workers", 2),
-    )
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
-    return 0
+    per_clf = _per_slice_seconds(models.classifier.model, x)
+    same_size = models.segmenter.preprocess == models.classifier.preprocess
+    seg_x = x if same_size else prepare_batch(x, models.segmenter.preprocess)
+    per_seg = _per_slice_seconds(models.segmenter.model, seg_x[: max(len(x) // 2, 1)])
+    total = per_clf * slices + per_seg * flagged
+    return {
+        "per_slice_loop_s": total,
+        "loop_slices_timed": len(x),
+        "speedup_vs_per_slice_loop": total / e2e,
+        "per_slice_s": {"classifier": per_clf, "segmenter": per_seg},
+    }

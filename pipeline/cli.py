@@ -91,7 +91,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--precision", default="float32", choices=PRECISIONS)
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
-    _handler(t, "pipeline.bench:cli_bench_triage")
+    t.add_argument("--runtimes", nargs="+", default=["tf", "openvino"], choices=["tf", "openvino"])
+    ov = ["f32", "bf16", "int8"]
+    t.add_argument("--ov-precisions", nargs="+", default=ov, choices=ov)
+    _handler(t, "pipeline.bench_runtimes:cli_bench_triage")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -157,12 +160,48 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
     p.add_argument("--batch", type=int, default=16, help="slices per model call")
     p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    _add_runtime_options(p)
     _add_series_pattern(p)
     p.add_argument(
         "--write-key-map",
         action="store_true",
         help="DICOM: also write OUT/pseudonym_map.csv (patient key -> StudyInstanceUID)",
     )
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["tf", "openvino", "auto"],
+        help="inference runtime; auto = OpenVINO when installed and a verified export of the "
+        "model exists (`mri-triage export`), else TensorFlow (default auto)",
+    )
+    p.add_argument(
+        "--ov-precision",
+        default="auto",
+        choices=["f32", "bf16", "int8", "auto"],
+        help="OpenVINO precision; auto = the fastest export whose parity passed (default auto)",
+    )
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export models once per version to OpenVINO (fp32/bf16/int8) with parity"
+    )
+    p.add_argument("--archive", required=True, help="the models' training archive (calibration)")
+    p.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
+    p.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
+    p.add_argument(
+        "--precision", nargs="+", default=["f32", "bf16", "int8"], choices=["f32", "bf16", "int8"]
+    )
+    p.add_argument("--calibration-slices", type=int, default=300, help="int8 calibration slices")
+    p.add_argument("--parity-slices", type=int, default=200, help="held-out parity slices")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="patient split seed (as training)")
+    p.add_argument("--force", action="store_true", help="export again even when cached")
+    p.add_argument("--json", action="store_true")
+    _handler(p, "pipeline.ov_export:cli_export")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -184,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_compare,
         _add_triage,
+        _add_export,
         _add_demo,
     ):
         add(sub)

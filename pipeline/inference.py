@@ -42,6 +42,8 @@ class TriageSettings:
         batch: slices per model call.
         precision: Keras dtype policy for inference, or "auto" (bf16 on CPUs with native bf16).
         montage_max: most flagged slices drawn in a report's montage (the most suspicious ones).
+        runtime: "tf", "openvino" or "auto" (`pipeline.runtime.load_triage_runtime`).
+        ov_precision: OpenVINO precision "f32", "bf16", "int8" or "auto" (fastest verified).
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -49,6 +51,8 @@ class TriageSettings:
     batch: int = 16
     precision: str = "float32"
     montage_max: int = 48
+    runtime: str = "tf"
+    ov_precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -56,6 +60,22 @@ class TriageSettings:
             raise ValueError("batch must be >= 1, min_component and montage_max >= 0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        from pipeline.runtime import OV_PRECISION_CHOICES, RUNTIMES
+
+        if self.runtime not in RUNTIMES or self.ov_precision not in OV_PRECISION_CHOICES:
+            raise ValueError(
+                f"runtime must be one of {RUNTIMES} and ov_precision one of "
+                f"{OV_PRECISION_CHOICES}, got {self.runtime!r}, {self.ov_precision!r}"
+            )
+
+    def load_models(self, classifier: str | None, segmenter: str | None) -> TriageModels:
+        """The two models on this run's runtime (`pipeline.runtime.load_triage_runtime`)."""
+        from pipeline.runtime import load_triage_runtime
+
+        return load_triage_runtime(
+            classifier, segmenter, self.batch, self.precision, self.runtime,
+            self.ov_precision, self.threshold,
+        )  # fmt: skip
 
     def key_part(self) -> dict[str, Any]:
         """Settings that change outputs (batch and montage size only change speed and looks)."""
@@ -114,6 +134,9 @@ class TriageModels:
     segment: BatchPredictor
     uris: dict[str, str] = field(default_factory=dict)
     precision: str = "float32"
+    runtimes: dict[str, str] = field(default_factory=dict)  # kind -> "tf-float32", "openvino-int8"
+    notes: list[str] = field(default_factory=list)  # why a model did not run on OpenVINO
+    parity: dict[str, Any] = field(default_factory=dict)  # kind -> parity figures (OpenVINO)
 
     def versions(self) -> dict[str, str]:
         """`{"classifier": version, "segmenter": version}` (no patient data)."""
@@ -175,6 +198,7 @@ def load_triage_models(
             segment=BatchPredictor(loaded["segmenter"].model, batch, compute),
             uris=uris,
             precision=policy,
+            runtimes={"classifier": f"tf-{policy}", "segmenter": f"tf-{policy}"},
         )
         _cache[key] = models
         return models
@@ -261,7 +285,10 @@ def triage_patient(
         "spacing_mm": [None if not np.isfinite(s) else float(s) for s in ps.spacing],
         "threshold": settings.threshold,
         "settings": asdict(settings),
-        "models": {k: {"uri": models.uris[k], "version": v} for k, v in models.versions().items()},
+        "models": {
+            k: {"uri": models.uris[k], "version": v, "runtime": models.runtimes.get(k, "tf")}
+            for k, v in models.versions().items()
+        },
         "slices": recs,
         "summary": report.patient_summary(recs, ps.spacing),
         "disclaimer": report.DISCLAIMER,

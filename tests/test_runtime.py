@@ -1,0 +1,243 @@
+"""OpenVINO exports and the runtime switch, for real (Keras → IR, NNCF, Prefect, MLflow SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import triage_helpers as th
+
+from pipeline import runtime
+from pipeline.preprocess import PreprocessConfig
+from pipeline.synthetic import write_synthetic_archive
+
+pytest.importorskip("openvino", reason="the mri-triage[openvino] extra is not installed")
+
+from pipeline.ov_export import SliceSets, convert_keras, export_model, sample_slices
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path / "cache"))
+    runtime._cache.clear()
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("arch") / "kaggle"
+    return write_synthetic_archive(root, patients=6, fmt="kaggle", seed=3, slices=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def slices(archive: Path) -> SliceSets:
+    return sample_slices(str(archive), PreprocessConfig(image_size=th.SIZE), 32, 24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "clf": th.save(th.bright_classifier(), d / "bright.keras", "classifier"),
+        "seg": th.save(th.bright_segmenter(), d / "seg.keras", "segmenter"),
+    }
+
+
+# ---------------------------------------------------------------- parity rules --------------------
+
+
+@pytest.mark.parametrize(
+    ("tf", "ov", "threshold", "flips"),
+    [
+        ((0.995, 0.5), (0.995, 0.5), 0.99, 0),
+        ((0.995, 0.5), (0.985, 0.5), 0.99, 1),  # normal -> flagged
+        ((0.989, 0.999), (0.991, 0.98), 0.99, 2),
+        ((0.989, 0.999), (0.991, 0.98), 0.9, 0),  # both routes agree at a looser threshold
+        ((np.nan,), (0.5,), 0.99, 0),  # NaN is flagged, as a low P(normal) is
+    ],
+)
+def test_gate_flips_follow_the_routing_rule(tf, ov, threshold, flips) -> None:
+    rec = runtime.ParityRecord("classifier", "int8", len(tf), 0.1, tuple(tf), tuple(ov))
+    assert rec.gate_flips(threshold) == flips
+    assert (rec.refusal(threshold) is None) == (flips == 0)
+
+
+def test_segmenter_refused_below_dice() -> None:
+    ok = runtime.ParityRecord("segmenter", "bf16", 10, 0.01, dice=0.995)
+    bad = runtime.ParityRecord("segmenter", "int8", 10, 0.2, dice=0.95)
+    assert ok.refusal(0.99) is None
+    assert "0.9500 < 0.99" in (bad.refusal(0.99) or "")
+    back = runtime.ParityRecord.from_dict(json.loads(json.dumps(bad.to_dict())))
+    assert back == bad
+
+
+# ---------------------------------------------------------------- exports -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("resnet50", "classifier"), ("vgg16", "classifier"), ("resunet", "segmenter"),
+     ("resunet_pp", "segmenter")],
+)  # fmt: skip
+def test_export_round_trip_per_family(name: str, kind: str, tmp_path: Path) -> None:
+    from models.summary import build_named
+
+    if name in ("resunet", "resunet_pp"):  # the family's graph with few channels (fast to export)
+        from models.resunet import build_resunet
+        from models.resunet_pp import build_resunet_pp
+
+        build = build_resunet if name == "resunet" else build_resunet_pp
+        model = build((64, 64, 3), (4, 8, 8, 16, 16))
+    else:
+        model = build_named(name, 64)
+    path = th.save(model, tmp_path / f"{name}.keras", kind)
+    x = np.random.default_rng(0).random((6, 64, 64, 3), dtype=np.float32)
+    rows = export_model(path, SliceSets(x, x), ("f32",), batch=4)
+    assert rows[0]["status"] == "exported" and rows[0]["refused"] is None
+    choice = runtime.choose_export(path, "f32", 0.99)
+    assert choice.card is not None and choice.xml is not None
+    assert choice.card.kind == kind and choice.card.preprocess.image_size == 64
+    pred = runtime.OvPredictor(runtime.compile_ir(choice.xml, "f32", 4), 4)
+    got = pred(x)  # 6 slices at batch 4: the last batch is padded
+    want = model.predict(x, verbose=0)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_all_precisions_have_parity_and_int8_keeps_calibration(
+    tiny: dict[str, str], slices: SliceSets, cache: Path
+) -> None:
+    rows = export_model(tiny["seg"], slices, batch=8)
+    native = runtime.supported_precisions()
+    by = {r["precision"]: r for r in rows}
+    assert by["f32"]["dice"] == 1.0 and by["f32"]["max_abs_diff"] < 1e-4
+    for p in ("bf16", "int8"):
+        if p not in native:
+            assert by[p]["status"] == "unsupported"
+            continue
+        assert 0.0 < by[p]["dice"] <= 1.0 and by[p]["max_abs_diff"] > 0
+        record = json.loads((Path(by[p]["folder"]) / "export.json").read_text())
+        assert record["parity"]["slices"] == len(slices.parity)
+    if "int8" in native:
+        cal = np.load(Path(by["int8"]["folder"]) / "calibration.npz")["x"]
+        assert cal.shape == slices.calibration.shape and cal.dtype == np.uint8
+
+
+def test_broken_conversion_is_refused_and_tf_used(tiny: dict[str, str], slices: SliceSets) -> None:
+    def broken(model: object, work: Path) -> object:  # converts a segmenter with another cut
+        return convert_keras(th.bright_segmenter(cut=0.6), work)
+
+    rows = export_model(tiny["seg"], slices, ("f32",), batch=8, converter=broken)
+    assert rows[0]["refused"] and "Dice" in rows[0]["refused"]
+    choice = runtime.choose_export(tiny["seg"], "auto", 0.99)
+    assert choice.card is None and "refused" in (choice.reason or "")
+    export_model(tiny["clf"], slices, ("f32",), batch=8)
+    models = runtime.load_triage_runtime(tiny["clf"], tiny["seg"], 8, runtime="openvino")
+    assert models.runtimes == {"classifier": "openvino-f32", "segmenter": "tf-float32"}
+    assert any("refused" in n and "Dice" in n for n in models.notes)
+
+
+def test_cached_export_reused_and_invalidated_by_new_model(
+    tmp_path: Path, slices: SliceSets
+) -> None:
+    path = th.save(th.bright_segmenter(), tmp_path / "seg.keras", "segmenter")
+    first = export_model(path, slices, ("f32",), batch=8)[0]
+    again = export_model(path, slices, ("f32",), batch=8)[0]
+    assert (first["status"], again["status"]) == ("exported", "cached")
+    assert first["folder"] == again["folder"]
+    th.save(th.bright_segmenter(cut=0.7), tmp_path / "seg.keras", "segmenter")  # a new version
+    newer = export_model(path, slices, ("f32",), batch=8)[0]
+    assert newer["status"] == "exported" and newer["folder"] != first["folder"]
+    assert runtime.choose_export(path, "f32", 0.99).xml == Path(newer["folder"]) / "model.xml"
+
+
+def test_registry_versions_have_their_own_exports(mlflow_uri: str, slices: SliceSets) -> None:
+    from pipeline import tracking
+
+    versions = []
+    for cut in (0.8, 0.7):
+        with tracking.start_run("t", "r") as rid:
+            pre = PreprocessConfig(image_size=th.SIZE)
+            info = tracking.log_keras_model(rid, th.bright_segmenter(cut=cut), "segmenter", pre)
+        versions.append(f"models:/mri-triage-segmenter/{info['version']}")
+    digests = [runtime.model_digest(v) for v in versions]
+    assert digests[0][0] == "mri-triage-segmenter/1" and digests[0][1] != digests[1][1]
+    row = export_model(versions[0], slices, ("f32",), batch=8)[0]
+    assert row["status"] == "exported" and row["refused"] is None
+    assert runtime.choose_export(versions[0], "f32").card is not None
+    assert "no export" in (runtime.choose_export(versions[1], "f32").reason or "")
+
+
+# ---------------------------------------------------------------- the switch ----------------------
+
+
+def test_auto_falls_back_to_tf_when_openvino_is_hidden(
+    tiny: dict[str, str], slices: SliceSets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_model(tiny["clf"], slices, ("f32",), batch=8)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails
+    assert not runtime.openvino_available()
+    assert runtime.resolve_runtime("auto") == "tf"
+    models = runtime.load_triage_runtime(tiny["clf"], tiny["seg"], 8, runtime="auto")
+    assert set(models.runtimes.values()) == {"tf-float32"}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_runtime_switch_same_routing_and_masks(
+    tiny: dict[str, str], slices: SliceSets, archive: Path, tmp_path: Path
+) -> None:
+    from flows.triage import triage_flow
+
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32", "bf16"), batch=8)
+    outs = {}
+    for rt in ("tf", "openvino"):
+        outs[rt] = tmp_path / rt
+        result = triage_flow(str(archive), str(outs[rt]), tiny["clf"], tiny["seg"], 0.99,
+                             batch=8, track=False, runtime=rt)  # fmt: skip
+        assert result["exit_code"] == 0
+    for rep_tf in sorted(outs["tf"].glob("*/report.json")):
+        a = json.loads(rep_tf.read_text())
+        b = json.loads((outs["openvino"] / rep_tf.parent.name / "report.json").read_text())
+        assert b["models"]["classifier"]["runtime"].startswith("openvino")
+        assert [s["route"] for s in a["slices"]] == [s["route"] for s in b["slices"]]
+        pa = np.array([s["p_tumour"] for s in a["slices"]], float)
+        pb = np.array([s["p_tumour"] for s in b["slices"]], float)
+        np.testing.assert_allclose(pa, pb, atol=0.02)
+        px_a = sum(s["mask_pixels"] for s in a["slices"])
+        px_b = sum(s["mask_pixels"] for s in b["slices"])
+        assert abs(px_a - px_b) <= 0.01 * max(px_a, 1)
+
+
+@pytest.mark.slow
+def test_openvino_triage_never_imports_tensorflow(
+    tiny: dict[str, str], slices: SliceSets, archive: Path, cache: Path, tmp_path: Path
+) -> None:
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32",), batch=8)
+    code = f"""
+import json, sys
+from pathlib import Path
+from pipeline.index import build_index
+from pipeline.inference import TriageSettings, triage_patient
+from pipeline.runtime import load_triage_runtime
+s = TriageSettings(batch=8, runtime="openvino", ov_precision="f32")
+m = s.load_models({tiny["clf"]!r}, {tiny["seg"]!r})
+rows = next(iter(build_index({str(archive)!r}).table.groupby("patient")))[1]
+rep = triage_patient(rows, Path({str(tmp_path)!r}), m, s)
+mods = sorted(k for k in sys.modules if k.split(".")[0] in ("tensorflow", "keras"))
+print(json.dumps({{"tf": mods, "runtimes": m.runtimes, "slices": len(rep["slices"])}}))
+"""
+    env = {**os.environ, runtime.CACHE_ENV: str(cache)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parents[1], check=True)  # fmt: skip
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tf"] == [] and out["slices"] == 8
+    assert out["runtimes"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
