@@ -21,6 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import manifest
 from pipeline.inference import TriageSettings, process_patient, run_metrics
+from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
+from pipeline.preflight import check_dask_address, check_run_paths
 from pipeline.report import DISCLAIMER, write_run_reports
 from pipeline.runtime import load_triage_runtime
 from pipeline.triage import bypass_warning, resolve_threshold
@@ -45,36 +47,10 @@ def triage_patient_task(
     return process_patient(pd.DataFrame(rows), Path(out), models, s, previous, force)
 
 
-def _merge_index_errors(
-    records: list[dict[str, Any]], errors: list[dict[str, str]], root: Path
-) -> list[dict[str, Any]]:
-    """Fold index errors into the records: a patient that lost some files keeps its row with the
-    reason; a patient with no readable slice at all gets a failed row of its own."""
-    by_patient: dict[str, list[str]] = {}
-    for err in errors:
-        try:
-            rel = Path(err["path"]).resolve().relative_to(root.resolve())
-            name = rel.parts[0] if len(rel.parts) > 1 else rel.name.split(".")[0]
-        except ValueError:
-            name = str(err["path"])
-        name = err.get("patient") or name  # DICOM: the study's pseudonym, never a folder name
-        by_patient.setdefault(name, []).append(f"{Path(err['path']).name}: {err['reason']}")
-    out = [dict(r) for r in records]
-    known = {r["patient"]: r for r in out}
-    for name, reasons in sorted(by_patient.items()):
-        text = f"{len(reasons)} file(s) skipped: " + "; ".join(reasons)
-        if name in known:
-            rec = known[name]
-            rec["reason"] = "; ".join(filter(None, [rec.get("reason"), text]))[:2000]
-        else:
-            out.append({"patient": name, "status": "failed", "reason": text[:2000]})
-    return out
-
-
-def _log_mlflow(params: dict, metrics: dict, out_dir: Path) -> str:
+def _log_mlflow(params: dict, metrics: dict, out_dir: Path, include: list[str]) -> str:
     from pipeline.tracking import log_triage_run
 
-    return log_triage_run(params, metrics, out_dir)
+    return log_triage_run(params, metrics, out_dir, include=include)
 
 
 _DEFAULT_RUNNER: Any = ThreadPoolTaskRunner(max_workers=2)
@@ -112,7 +88,7 @@ def triage_flow(
     from pipeline.index import build_index, fingerprint
 
     log = get_run_logger()
-    out_dir = Path(out).absolute()
+    out_dir = check_run_paths(archive, out)  # before anything is written (pipeline.preflight)
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
         index = build_index(archive, series_pattern)
@@ -146,10 +122,10 @@ def triage_flow(
             rec = fut.result()
             records.append(rec)
             if rec["status"] == "done":
-                entry = {"key": rec["key"], "status": "done", "models": models.versions()}
+                entry = done_entry(out_dir, rec, models.versions())
                 manifest.record_patient(out_dir, rec["patient"], entry)
         seconds = time.perf_counter() - start
-        records = _merge_index_errors(records, index.errors, Path(archive))
+        records, skipped = merge_index_errors(records, index.errors)
         metrics = run_metrics(records, seconds)
         metrics["files_skipped"] = float(len(index.errors))
         warnings = [
@@ -165,7 +141,7 @@ def triage_flow(
             "models": models.versions(),
             "notice": DISCLAIMER,
         }
-        csv_path, index_path = write_run_reports(out_dir, records, info)
+        csv_path, index_path = write_run_reports(out_dir, records, info, skipped)
         if key_map:  # DICOM pseudonym -> StudyInstanceUID, only on request, only in `out`
             from pipeline.dicom_case import write_key_map
 
@@ -190,7 +166,7 @@ def triage_flow(
             "batch": batch,
             "archive_fingerprint": fingerprint(index.table),
         }
-        run_id = _log_mlflow(params, metrics, out_dir)
+        run_id = _log_mlflow(params, metrics, out_dir, own_outputs(records))
     return {
         "exit_code": EXIT_FAILURES if failed else EXIT_OK,
         "metrics": metrics,
@@ -237,12 +213,19 @@ def cli_triage(args: argparse.Namespace) -> int:
     """`mri-triage triage ARCHIVE --out DIR`: 0 all done, 1 some patient failed, 2 cannot run."""
     from pipeline.errors import ArchiveError
 
-    runner = make_task_runner(args.dask_address, getattr(args, "workers", 2))
     try:
+        check_dask_address(args.dask_address)
+        runner = make_task_runner(args.dask_address, getattr(args, "workers", 2))
         result = triage_flow.with_options(task_runner=runner)(
             **_flow_kwargs(args), force=args.force, track=not getattr(args, "no_mlflow", False)
         )
-    except (manifest.OutputLockedError, ArchiveError, ValueError, FileNotFoundError) as exc:
+    except (
+        manifest.OutputLockedError,
+        manifest.OutputStateError,
+        ArchiveError,
+        ValueError,
+        OSError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     m = result["metrics"]

@@ -28,12 +28,15 @@ from pipeline.errors import ArchiveError
 from pipeline.io import read_kaggle_image, read_kaggle_mask
 from pipeline.nifti import (
     NiftiGeometry,
+    check_same_grid,
     find_sequences,
     is_nifti,
-    load_header,
     nifti_stem,
+    open_volume,
     sequence_role,
 )
+from pipeline.quality import DEFAULT_LIMITS, Limits, check_values, value_problem, value_range
+from pipeline.safety import display_text
 from pipeline.splits import check_no_leakage, split_patients
 
 __all__ = [
@@ -94,17 +97,22 @@ class _Walk:
     errors: list[dict[str, str]] = field(default_factory=list)
     patients: dict[str, str] = field(default_factory=dict)
     seen_dirs: set[str] = field(default_factory=set)
+    seen_files: dict[str, str] = field(default_factory=dict)
+    limits: Limits = DEFAULT_LIMITS
     dicom_files: list[str] = field(default_factory=list)
 
-    def error(self, path: str | Path, reason: str) -> None:
-        self.errors.append({"path": str(path), "reason": reason})
+    def error(self, path: str | Path, reason: str, patient: str | None = None) -> None:
+        """Record a skipped file; `patient` is the key it belongs to, when there is one."""
+        entry = {"path": display_text(str(path), 1000), "reason": display_text(reason, 1000)}
+        if patient is not None:
+            entry["patient"] = patient
+        self.errors.append(entry)
 
     def claim(self, patient: str, path: str) -> bool:
         """Register a patient key; a second case with the same key is an error."""
         if patient in self.patients:
-            self.error(
-                path, f"duplicate patient key (already indexed from {self.patients[patient]})"
-            )
+            first = display_text(self.patients[patient], 1000)
+            self.error(path, f"duplicate patient key (already indexed from {first})", patient)
             return False
         self.patients[patient] = path
         return True
@@ -114,10 +122,14 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _entries(walk: _Walk, folder: str) -> tuple[list[str], list[str]]:
-    """Files and folders of `folder` (sorted); symlinks leading outside the archive are errors."""
+def _entries(walk: _Walk, folder: str, duplicates: list[str]) -> tuple[list[str], list[str]]:
+    """Files and folders of `folder` (sorted); symlinks leading outside the archive are errors.
+
+    Links to a file already seen are appended to `duplicates` (the caller knows the patient).
+    """
     files, dirs = [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    # Real entries before links, so a link (not its target) is the one reported as a duplicate.
+    for entry in sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name)):
         if entry.is_symlink():
             target = os.path.realpath(entry.path)
             if not _inside(target, walk.root):
@@ -129,29 +141,56 @@ def _entries(walk: _Walk, folder: str) -> tuple[list[str], list[str]]:
         if entry.is_dir():
             dirs.append(entry.path)
         elif entry.is_file():
+            real = os.path.realpath(entry.path)
+            if real in walk.seen_files:
+                duplicates.append(entry.path)
+                continue
+            walk.seen_files[real] = entry.path
             files.append(entry.path)
         else:
             walk.error(entry.path, "not a regular file or folder")
     return files, dirs
 
 
-def _walk(walk: _Walk, folder: str) -> None:
+def _report_duplicates(walk: _Walk, folder: str, files: list[str], duplicates: list[str]) -> None:
+    """Error entries for links to files already indexed, with the patient when `folder` is one."""
+    is_patient = os.path.realpath(folder) != walk.root and any(
+        f.lower().endswith(_TIF_SUFFIXES) or is_nifti(f) for f in files + duplicates
+    )
+    key = os.path.basename(folder.rstrip(os.sep)) if is_patient else None
+    for path in duplicates:
+        first = display_text(walk.seen_files[os.path.realpath(path)], 1000)
+        walk.error(path, f"same file as {first} (symbolic link); skipped", key)
+
+
+def _walk(walk: _Walk, folder: str, depth: int = 0) -> None:
     real = os.path.realpath(folder)
     if real in walk.seen_dirs:
+        if os.path.islink(folder):
+            walk.error(folder, "symbolic link to a folder already indexed; skipped")
         return
     walk.seen_dirs.add(real)
+    if depth > walk.limits.max_depth:
+        walk.error(folder, f"nested deeper than {walk.limits.max_depth} folders; not indexed")
+        return
+    duplicates: list[str] = []
     try:
-        files, dirs = _entries(walk, folder)
+        files, dirs = _entries(walk, folder, duplicates)
     except OSError as exc:
         walk.error(folder, f"cannot list folder ({exc.strerror or exc})")
         return
+    _report_duplicates(walk, folder, files, duplicates)
     names = [os.path.basename(f) for f in files]
     tifs = [f for f, n in zip(files, names, strict=True) if n.lower().endswith(_TIF_SUFFIXES)]
     niftis = [f for f, n in zip(files, names, strict=True) if is_nifti(n)]
     if not tifs and not niftis and _collect_dicom(walk, files):
         for sub in dirs:
-            _walk(walk, sub)
+            _walk(walk, sub, depth + 1)
         return
+    if tifs and real == walk.root:  # the root is never a patient: stray TIFs are skipped
+        for path in tifs:
+            walk.error(path, "image at the archive root, outside any patient folder; skipped")
+        tifs = []
     if tifs:
         _index_kaggle(walk, folder, files, dirs)
         return
@@ -162,13 +201,14 @@ def _walk(walk: _Walk, folder: str) -> None:
         else:
             for path in niftis:
                 _index_nifti_case(walk, path, nifti_stem(os.path.basename(path)))
-    elif not dirs and os.path.realpath(folder) != walk.root:
+    elif not dirs and real != walk.root:
+        key = os.path.basename(folder.rstrip(os.sep))
         if files:
-            walk.error(folder, "no MRI images (TIF or NIfTI) in folder")
+            walk.error(folder, "no MRI images (TIF or NIfTI) in folder", key)
         else:
-            walk.error(folder, "empty patient folder")
+            walk.error(folder, "empty patient folder", key)
     for sub in dirs:
-        _walk(walk, sub)
+        _walk(walk, sub, depth + 1)
 
 
 def _collect_dicom(walk: _Walk, files: list[str]) -> bool:
@@ -207,39 +247,55 @@ def _index_kaggle(walk: _Walk, folder: str, files: list[str], dirs: list[str]) -
     for path in files:
         match = pattern.match(os.path.basename(path))
         if match is None:
-            walk.error(path, f"unexpected file in a Kaggle patient folder (not {patient}_<k>.tif)")
+            walk.error(
+                path, f"unexpected file in a Kaggle patient folder (not {patient}_<k>.tif)", patient
+            )
             continue
-        (masks if match.group(2) else images)[int(match.group(1))] = path
+        found = masks if match.group(2) else images
+        k = int(match.group(1))
+        if k in found:  # P_1.tif and P_01.tif: the first (in name order) is kept
+            first = os.path.basename(found[k])
+            walk.error(path, f"duplicate slice number {k} (also {first}); skipped", patient)
+            continue
+        found[k] = path
     for sub in dirs:
-        walk.error(sub, "unexpected folder inside a Kaggle patient folder; not indexed")
+        walk.error(sub, "unexpected folder inside a Kaggle patient folder; not indexed", patient)
     for k in sorted(set(masks) - set(images)):
-        walk.error(masks[k], "mask without its image")
+        walk.error(masks[k], "mask without its image", patient)
     if not images or not walk.claim(patient, folder):
         return
     reference: tuple[int, ...] | None = None
+    rows: list[dict[str, Any]] = []
+    low, high, finite = np.inf, -np.inf, True
     for k in sorted(images):
         path = images[k]
         try:
-            pixels = read_kaggle_image(path)
+            pixels = read_kaggle_image(path, walk.limits)
         except ArchiveError as exc:
-            walk.error(path, exc.reason)
+            walk.error(path, exc.reason, patient)
             continue
         reference = reference or pixels.shape
         if pixels.shape != reference:
-            walk.error(path, f"image shape {pixels.shape} differs from the patient's {reference}")
+            walk.error(
+                path, f"image shape {pixels.shape} differs from the patient's {reference}", patient
+            )
             continue
+        lo, hi, ok = value_range(pixels)
+        low, high, finite = min(low, lo), max(high, hi), finite and ok
         mask_path, tumour = masks.get(k, ""), 0
         if mask_path:
             try:
-                tumour = int(read_kaggle_mask(mask_path, pixels.shape[:2]).sum())
+                tumour = int(read_kaggle_mask(mask_path, pixels.shape[:2], walk.limits).sum())
             except ArchiveError as exc:
-                walk.error(mask_path, exc.reason + "; slice kept without ground truth")
+                walk.error(mask_path, exc.reason + "; slice kept without ground truth", patient)
                 mask_path = ""
         elif masks:
             walk.error(
-                path, "mask missing (other slices of this patient have one); kept unlabelled"
+                path,
+                "mask missing (other slices of this patient have one); kept unlabelled",
+                patient,
             )
-        walk.rows.append(
+        rows.append(
             {
                 "patient": patient,
                 "slice": k,
@@ -258,51 +314,65 @@ def _index_kaggle(walk: _Walk, folder: str, files: list[str], dirs: list[str]) -
                 "mask_bytes": os.path.getsize(mask_path) if mask_path else 0,
             }
         )
+    problem = value_problem(low, high, finite) if rows else None
+    if problem:  # the same rule `load_patient` applies (pipeline.quality)
+        walk.error(folder, f"{problem}; patient not screened", patient)
+        return
+    walk.rows.extend(rows)
 
 
 def _index_nifti_folder(walk: _Walk, folder: str, files: list[str]) -> None:
     for path in files:
         name = os.path.basename(path)
         if not is_nifti(name) and not name.lower().endswith(_DOC_SUFFIXES):
-            walk.error(path, "unexpected non-image file in a NIfTI patient folder")
+            key = os.path.basename(folder.rstrip(os.sep))
+            walk.error(path, "unexpected non-image file in a NIfTI patient folder", key)
     _index_nifti_case(walk, folder, os.path.basename(folder.rstrip(os.sep)))
 
 
-def _check_volume(path: Path) -> tuple[NiftiGeometry, np.ndarray]:
-    """Header geometry and the stored voxels (unscaled), read once; `ArchiveError` if unusable."""
-    image = load_header(path)
-    geometry = NiftiGeometry.from_header(image)
+def _check_volume(
+    path: Path, limits: Limits, image_role: bool = True
+) -> tuple[NiftiGeometry, np.ndarray]:
+    """Header geometry and the stored voxels (unscaled), read once; `ArchiveError` if unusable.
+
+    The header goes through `open_volume` and an image's values through `check_values`: the very
+    checks `load_nifti_case` makes, so whatever the index accepts, triage can load.
+    """
+    image, geometry = open_volume(path, limits)
     try:
         data = np.asarray(image.dataobj.get_unscaled())  # type: ignore[attr-defined]
     except Exception as exc:
         raise ArchiveError(
             path, f"corrupt or truncated NIfTI data ({type(exc).__name__}: {exc})"
         ) from exc
-    return geometry, data.reshape(data.shape[:3])
+    data = data.reshape(data.shape[:3])
+    if image_role:
+        scale = float(getattr(image.dataobj, "slope", 1.0))
+        check_values(data if np.isfinite(scale) else np.array([np.nan]), path)
+    return geometry, data
 
 
 def _index_nifti_case(walk: _Walk, path: str, patient: str) -> None:
     roles, problems = find_sequences(Path(path))
-    walk.errors.extend(problems)
+    for problem in problems:
+        walk.error(problem["path"], problem["reason"], patient)
     if "flair" not in roles:
         found = ", ".join(sorted(roles)) or "none"
-        walk.error(path, f"no FLAIR sequence (need *_flair, *-t2f or Flair*; found: {found})")
+        reason = f"no FLAIR sequence (need *_flair, *-t2f or Flair*; found: {found})"
+        walk.error(path, reason, patient)
         return
     try:
-        geometry, _ = _check_volume(roles["flair"])
+        geometry, _ = _check_volume(roles["flair"], walk.limits)
         tumour = np.zeros(geometry.canonical_shape[2], dtype=np.int64)
         for role in ("t1", "t1ce", "seg"):
             if role not in roles:
                 continue
-            other, data = _check_volume(roles[role])
-            if other.shape != geometry.shape or not np.allclose(
-                other.affine, geometry.affine, 1e-3
-            ):
-                raise ArchiveError(roles[role], f"grid {other.shape} differs from the FLAIR file's")
+            other, data = _check_volume(roles[role], walk.limits, image_role=role != "seg")
+            check_same_grid(geometry, other, roles[role])
             if role == "seg":
                 tumour = (geometry.canonical(data) > 0).sum(axis=(0, 1))
     except ArchiveError as exc:
-        walk.error(exc.path, exc.reason)
+        walk.error(exc.path, exc.reason, patient)
         return
     if not walk.claim(patient, path):
         return
@@ -326,7 +396,9 @@ def _index_nifti_case(walk: _Walk, path: str, patient: str) -> None:
     walk.rows.extend({**common, "slice": z, "tumour_pixels": int(tumour[z])} for z in range(depth))
 
 
-def build_index(root: str | Path, series_pattern: str | None = None) -> SliceIndex:
+def build_index(
+    root: str | Path, series_pattern: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> SliceIndex:
     """Index an archive: one row per slice, every unusable file reported in `errors`.
 
     Nothing in the archive is modified; symbolic links leading outside it are not followed.
@@ -337,6 +409,7 @@ def build_index(root: str | Path, series_pattern: str | None = None) -> SliceInd
         root: archive root (Kaggle LGG layout, NIfTI folders/files, DICOM, or a mix).
         series_pattern: regular expression choosing the FLAIR series of DICOM studies
             (`--series-pattern`); None = the default rules of `pipeline.dicom_select`.
+        limits: resource and size limits, checked from headers before decoding.
 
     Returns:
         The table (columns `COLUMNS`, sorted by patient then slice number) and the errors.
@@ -347,7 +420,7 @@ def build_index(root: str | Path, series_pattern: str | None = None) -> SliceInd
     base = Path(root).absolute()
     if not base.is_dir():
         raise ArchiveError(base, "archive folder not found")
-    walk = _Walk(root=os.path.realpath(base))
+    walk = _Walk(root=os.path.realpath(base), limits=limits)
     _walk(walk, str(base))
     if walk.dicom_files:
         _index_dicom(walk, series_pattern)

@@ -23,13 +23,24 @@ import numpy as np
 import pandas as pd
 
 from pipeline import manifest, report
-from pipeline.postprocess import DEFAULT_MIN_COMPONENT, remove_small_components
+from pipeline.calibration import apply_temperature
+from pipeline.postprocess import (
+    DEFAULT_LONE_SLICE_AREA,
+    DEFAULT_MIN_COMPONENT,
+    DEFAULT_MIN_VOLUME,
+    remove_isolated_3d,
+    remove_small_components,
+)
 from pipeline.postprocess import threshold_probabilities as binarise
+from pipeline.quality import DEFAULT_LIMITS, Limits
+from pipeline.safety import clean_reason, output_name
 from pipeline.triage import DEFAULT_THRESHOLD, check_threshold, route_slices
 
 DEFAULT_CLASSIFIER = "models:/mri-triage-classifier@champion"
 DEFAULT_SEGMENTER = "models:/mri-triage-segmenter@champion"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+#: Pixels of the slice size the 3-D post-processing areas are given for (256 x 256).
+REFERENCE_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,12 @@ class TriageSettings:
         batch: slices per model call.
         precision: Keras dtype policy for inference, or "auto" (bf16 on CPUs with native bf16).
         montage_max: most flagged slices drawn in a report's montage (the most suspicious ones).
+        lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
+            pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
+        min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
         runtime: "tf", "openvino" or "auto" (`pipeline.runtime.load_triage_runtime`).
         ov_precision: OpenVINO precision "f32", "bf16", "int8" or "auto" (fastest verified).
+        limits: input size limits (`pipeline.quality.Limits`), checked from headers on load.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -51,8 +66,11 @@ class TriageSettings:
     batch: int = 16
     precision: str = "float32"
     montage_max: int = 48
+    lone_slice_area: int = DEFAULT_LONE_SLICE_AREA
+    min_volume: int = DEFAULT_MIN_VOLUME
     runtime: str = "tf"
     ov_precision: str = "auto"
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -79,7 +97,12 @@ class TriageSettings:
 
     def key_part(self) -> dict[str, Any]:
         """Settings that change outputs (batch and montage size only change speed and looks)."""
-        return {"threshold": self.threshold, "min_component": self.min_component}
+        return {
+            "threshold": self.threshold,
+            "min_component": self.min_component,
+            "lone_slice_area": self.lone_slice_area,
+            "min_volume": self.min_volume,
+        }
 
 
 class BatchPredictor:
@@ -155,6 +178,15 @@ def _resolve_precision(precision: str) -> str:
     return inference_policy()
 
 
+def _file_digest(uri: str) -> str:
+    """Short SHA-256 of a local model file and its sidecar; "" for registry/run URIs."""
+    path = Path(uri)
+    if not path.is_file():
+        return ""
+    files = [path, *[p for p in [path.with_suffix(".json")] if p.is_file()]]
+    return manifest.files_digest(files)[:12]
+
+
 def load_triage_models(
     classifier: str | None, segmenter: str | None, batch: int = 16, precision: str = "float32"
 ) -> TriageModels:
@@ -166,15 +198,19 @@ def load_triage_models(
         precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto".
 
     Raises:
-        ValueError: a model is not of the expected kind, or cannot be resolved.
+        ValueError: a model is not of the expected kind, or cannot be resolved
+            (`IncompatibleModelError` for wrong shapes or outputs that are not probabilities).
     """
+    from pipeline.preflight import check_model
     from pipeline.tracking import load_model
 
     uris = {
         "classifier": classifier or DEFAULT_CLASSIFIER,
         "segmenter": segmenter or DEFAULT_SEGMENTER,
     }
-    key = (uris["classifier"], uris["segmenter"], int(batch), precision)
+    # A local file is keyed on its bytes, so a model replaced in place is never served stale.
+    digests = {kind: _file_digest(uri) for kind, uri in uris.items()}
+    key = (uris["classifier"], uris["segmenter"], *digests.values(), int(batch), precision)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -182,9 +218,9 @@ def load_triage_models(
         loaded = {}
         for kind, uri in uris.items():
             lm = load_model(uri)
-            out_rank = len(lm.model.output_shape)
-            if (kind == "classifier") != (out_rank == 2):
-                raise ValueError(f"{uri!r} is not a {kind} (output shape {lm.model.output_shape})")
+            check_model(lm, kind, uri)  # shapes, sizes, probabilities: before any patient work
+            if digests[kind]:  # the manifest key then changes with the file's content
+                lm.version = f"{lm.version}#{digests[kind]}"
             if policy != "float32":
                 from models.precision import rebuild_with_policy
 
@@ -216,13 +252,26 @@ def input_files(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _gt_metrics(gt: np.ndarray, usable: np.ndarray, flagged: np.ndarray, pred: np.ndarray) -> dict:
-    """End-to-end figures against ground truth over the labelled slices (`usable`)."""
-    from pipeline.metrics import per_patient
+def _gt_metrics(
+    gt: np.ndarray,
+    usable: np.ndarray,
+    flagged: np.ndarray,
+    pred: np.ndarray,
+    spacing: Sequence[float] = (float("nan"),) * 3,
+) -> dict:
+    """End-to-end figures against ground truth over the labelled slices (`usable`).
+
+    `dice` pools every labelled slice (tumour on a slice the gate dropped counts as missed),
+    `dice_tumour_slices` only the slices with true tumour, `hd95` is the 3-D 95% Hausdorff
+    distance in mm (pixels where the spacing is unknown; None when only one mask is empty).
+    """
+    from pipeline.metrics import hd95, per_patient
 
     t, f, p = gt[usable], flagged[usable], pred[usable]
     tumour = t.any(axis=(1, 2))
     caught = int((tumour & f).sum())
+    sx, sy, sz = (float(v) for v in spacing)
+    dist = hd95(t, p, (sz, sy, sx)) if len(t) else float("nan")
     return {
         "gt_tumour_slices": int(tumour.sum()),
         "gate_caught_slices": caught,
@@ -230,6 +279,12 @@ def _gt_metrics(gt: np.ndarray, usable: np.ndarray, flagged: np.ndarray, pred: n
         "gate_sensitivity": caught / int(tumour.sum()) if tumour.any() else None,
         # Over ALL labelled slices: tumour on a slice the gate dropped counts against Dice.
         "dice": per_patient(t, p, ["p"] * len(t))["p"]["dice"] if len(t) else None,
+        "dice_tumour_slices": (
+            per_patient(t[tumour], p[tumour], ["p"] * int(tumour.sum()))["p"]["dice"]
+            if tumour.any()
+            else None
+        ),
+        "hd95": dist if np.isfinite(dist) else None,
     }
 
 
@@ -256,23 +311,29 @@ def triage_patient(
         ArchiveError, ValueError: unreadable or inconsistent input (nothing is written then).
     """
     from pipeline.io import load_patient
-    from pipeline.preprocess import prepare_batch, restore_masks
+    from pipeline.preprocess import patient_inputs, restore_masks
 
     t = {"start": time.perf_counter()}
     clf, seg = models.classifier, models.segmenter
-    ps = load_patient(rows, clf.preprocess)
+    ps = load_patient(rows, clf.preprocess, settings.limits)
     n, (h, w) = len(ps.slices), ps.native_hw
     t["load"] = time.perf_counter()
-    x = prepare_batch(ps.images, clf.preprocess)
-    p_normal = models.classify(x)[:, 0]
+    x = patient_inputs(ps.images, clf.preprocess)
+    # The classifier's validation temperature (1 when none was fitted) gives calibrated P(tumour).
+    temperature = float(clf.info.get("temperature", 1.0) or 1.0)
+    p_normal = 1.0 - apply_temperature(models.classify(x)[:, 1], temperature)
     flagged = route_slices(p_normal, settings.threshold)
     t["classify"] = time.perf_counter()
     pred = np.zeros((n, h, w), dtype=bool)
     if flagged.any():
-        same = seg.preprocess.image_size == clf.preprocess.image_size
-        xs = x[flagged] if same else prepare_batch(ps.images[flagged], seg.preprocess)
+        same = seg.preprocess == clf.preprocess
+        xs = x[flagged] if same else patient_inputs(ps.images, seg.preprocess)[flagged]
         masks = restore_masks(binarise(models.segment(xs)), (h, w))
         pred[flagged] = remove_small_components(masks, settings.min_component)
+        scale = h * w / REFERENCE_PIXELS
+        pred = remove_isolated_3d(
+            pred, round(settings.lone_slice_area * scale), round(settings.min_volume * scale)
+        )
     t["segment"] = time.perf_counter()
 
     gt_px = None if ps.masks is None else ps.masks.sum(axis=(1, 2))
@@ -296,9 +357,13 @@ def triage_patient(
     if ps.dicom is not None:  # which series was read and why (no identities, UIDs or dates)
         rep["series"] = ps.dicom.describe()
     if ps.masks is not None:
-        rep["metrics"] = _gt_metrics(ps.masks, np.asarray(ps.has_mask, bool), flagged, pred)
-    stage = manifest.staging_dir(out_dir, ps.patient)
-    rep["masks"] = [p.name for p in ps.write_masks(pred, stage)]
+        rep["metrics"] = _gt_metrics(
+            ps.masks, np.asarray(ps.has_mask, bool), flagged, pred, ps.spacing
+        )
+    name = output_name(ps.patient)  # keys are data: never a path (pipeline.safety)
+    rep["output"] = name
+    stage = manifest.staging_dir(out_dir, name)
+    rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name)]
     png = _montage(ps.images, pred, recs, settings.montage_max)
     t["write"] = time.perf_counter()
     steps = ["start", "load", "classify", "segment", "write"]
@@ -306,7 +371,7 @@ def triage_patient(
     rep["timings_s"]["total"] = round(t["write"] - t["start"], 4)
     (stage / "report.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
     (stage / "report.html").write_text(report.render_patient_html(rep, png), encoding="utf-8")
-    manifest.commit_dir(stage, out_dir / ps.patient)
+    manifest.commit_dir(stage, out_dir / name)
     return rep
 
 
@@ -328,17 +393,18 @@ def process_patient(
         "skipped" or "failed") and, with ground truth, the counts the run-level metrics need.
     """
     patient = str(rows["patient"].iloc[0])
+    name = output_name(patient)
     try:
         key = manifest.run_key(
             manifest.files_digest(input_files(rows)), models.versions(), settings.key_part()
         )
         prev = {patient: previous} if previous else {}
-        if not force and manifest.is_done(prev, out_dir, patient, key):
-            rep = json.loads((out_dir / patient / "report.json").read_text(encoding="utf-8"))
+        if not force and manifest.is_done(prev, out_dir, patient, key, name):
+            rep = json.loads((out_dir / name / "report.json").read_text(encoding="utf-8"))
             return {**_record(rep), "status": "skipped", "key": key}
         return {**_record(triage_patient(rows, out_dir, models, settings)), "key": key}
     except Exception as exc:  # one bad patient must not stop the archive
-        return {"patient": patient, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        return {"patient": patient, "output": name, "status": "failed", "reason": clean_reason(exc)}
 
 
 def _record(rep: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pipeline.nifti import (
     write_nifti_mask,
 )
 from pipeline.preprocess import PreprocessConfig
+from pipeline.quality import DEFAULT_LIMITS, Limits, check_slice_size, check_values
 
 __all__ = [
     "ArchiveError",
@@ -44,17 +45,20 @@ __all__ = [
 NAN3 = (float("nan"), float("nan"), float("nan"))
 
 
-def read_tif(path: str | Path) -> np.ndarray:
+def read_tif(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Read a TIF as stored (RGB order for colour images, never BGR).
 
+    The declared size is checked against `limits` before any pixel is decoded.
+
     Raises:
-        ArchiveError: the file is missing, corrupt or truncated.
+        ArchiveError: the file is missing, corrupt, truncated or too large (`InputQualityError`).
     """
     try:
         with tifffile.TiffFile(str(path)) as tif:
             if not tif.pages:
                 raise ValueError("no image found (file truncated?)")
             page = tif.pages.first
+            check_slice_size(page.shape, path, limits, tiny=False)
             expected = int(np.prod(page.shape)) * page.dtype.itemsize if page.dtype else 0
             if page.is_contiguous and page.dataoffsets:
                 end = page.dataoffsets[0] + expected
@@ -65,10 +69,11 @@ def read_tif(path: str | Path) -> np.ndarray:
     except ArchiveError:
         raise
     except Exception as exc:  # tifffile raises several types for bad files
-        raise ArchiveError(path, f"unreadable TIF ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ArchiveError(path, f"unreadable TIF ({reason})") from exc
 
 
-def read_kaggle_image(path: str | Path) -> np.ndarray:
+def read_kaggle_image(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """A Kaggle slice as `(H, W, 3)` uint8 (pre-contrast, FLAIR, post-contrast).
 
     A single-channel TIF is copied to three channels.
@@ -76,7 +81,8 @@ def read_kaggle_image(path: str | Path) -> np.ndarray:
     Raises:
         ArchiveError: unreadable, or not an 8-bit `(H, W)`/`(H, W, 3)` image.
     """
-    pixels = read_tif(path)
+    pixels = read_tif(path, limits)
+    check_slice_size(pixels.shape, path, limits)
     if pixels.dtype != np.uint8:
         raise ArchiveError(path, f"expected 8-bit pixels, got {pixels.dtype}")
     if pixels.ndim == 2:
@@ -86,13 +92,15 @@ def read_kaggle_image(path: str | Path) -> np.ndarray:
     return pixels
 
 
-def read_kaggle_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_kaggle_mask(
+    path: str | Path, shape: tuple[int, int] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
     """A Kaggle mask (0/255) as `(H, W)` bool; `shape` checks it matches its image.
 
     Raises:
         ArchiveError: unreadable, or its size differs from `shape`.
     """
-    pixels = read_tif(path)
+    pixels = read_tif(path, limits)
     if pixels.ndim == 3:  # some tools save masks as RGB
         pixels = pixels.max(axis=-1)
     if pixels.ndim != 2:
@@ -159,7 +167,9 @@ class PatientSlices:
         """Native `(H, W)` of the slices."""
         return int(self.images.shape[1]), int(self.images.shape[2])
 
-    def write_masks(self, pred: np.ndarray, out_dir: str | Path) -> list[Path]:
+    def write_masks(
+        self, pred: np.ndarray, out_dir: str | Path, name: str | None = None
+    ) -> list[Path]:
         """Write predicted masks in the input's own layout.
 
         Kaggle: one `<patient>_<k>_pred.tif` per slice (0/255 uint8, native size).
@@ -170,6 +180,7 @@ class PatientSlices:
         Args:
             pred: `(N, H, W)` bool, same N, H, W as `images`.
             out_dir: output folder (created).
+            name: file name prefix (default: the patient key; pass `safety.output_name(key)`).
 
         Returns:
             Paths written.
@@ -179,21 +190,22 @@ class PatientSlices:
         if mask.shape != want:
             raise ValueError(f"pred shape {mask.shape} differs from the patient's {want}")
         out = Path(out_dir)
+        prefix = name or self.patient
         if self.format == "kaggle":
             return [
-                write_tif_mask(m, out / f"{self.patient}_{k}_pred.tif")
+                write_tif_mask(m, out / f"{prefix}_{k}_pred.tif")
                 for k, m in zip(self.slices, mask, strict=True)
             ]
         if self.geometry is None:
             raise ValueError("NIfTI patient without geometry; cannot write a mask back")
         canonical = np.zeros(self.geometry.canonical_shape, dtype=bool)
         canonical[:, :, self.slices] = np.transpose(mask, (1, 2, 0))
-        paths = [write_nifti_mask(canonical, self.geometry, out / f"{self.patient}_pred.nii.gz")]
+        paths = [write_nifti_mask(canonical, self.geometry, out / f"{prefix}_pred.nii.gz")]
         if self.format == "dicom":
             from pipeline.dicom_seg import write_dicom_seg
 
             native = self.geometry.to_native(canonical)
-            paths.append(write_dicom_seg(native, self.dicom, out / f"{self.patient}_seg.dcm"))
+            paths.append(write_dicom_seg(native, self.dicom, out / f"{prefix}_seg.dcm"))
         return paths
 
 
@@ -207,13 +219,13 @@ def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
     return str(patients[0]), str(formats[0])
 
 
-def _load_kaggle(patient: str, rows: pd.DataFrame) -> PatientSlices:
+def _load_kaggle(patient: str, rows: pd.DataFrame, limits: Limits) -> PatientSlices:
     images, masks = [], []
     for row in rows.itertuples(index=False):
-        pixels = read_kaggle_image(str(row.image_path))
+        pixels = read_kaggle_image(str(row.image_path), limits)
         images.append(pixels)
         if row.has_mask and row.mask_path:
-            masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2]))
+            masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2], limits))
         else:
             masks.append(np.zeros(pixels.shape[:2], dtype=bool))
     shapes = {im.shape for im in images}
@@ -221,6 +233,7 @@ def _load_kaggle(patient: str, rows: pd.DataFrame) -> PatientSlices:
         raise ArchiveError(
             rows["image_path"].iloc[0], f"slices of one patient differ in size {sorted(shapes)}"
         )
+    check_values(np.stack(images), str(rows["source"].iloc[0]) if "source" in rows else patient)
     has_mask = rows["has_mask"].to_numpy(dtype=bool)
     return PatientSlices(
         patient=patient,
@@ -234,9 +247,11 @@ def _load_kaggle(patient: str, rows: pd.DataFrame) -> PatientSlices:
     )
 
 
-def _load_nifti(patient: str, rows: pd.DataFrame, config: PreprocessConfig | None) -> PatientSlices:
+def _load_nifti(
+    patient: str, rows: pd.DataFrame, config: PreprocessConfig | None, limits: Limits
+) -> PatientSlices:
     source = str(rows["source"].iloc[0]) if "source" in rows else str(rows["image_path"].iloc[0])
-    case = load_nifti_case(source, config)
+    case = load_nifti_case(source, config, limits)
     return _slices_of(case, rows, source)
 
 
@@ -276,12 +291,15 @@ def _load_dicom(patient: str, rows: pd.DataFrame, config: PreprocessConfig | Non
     return ps
 
 
-def load_patient(rows: pd.DataFrame, config: PreprocessConfig | None = None) -> PatientSlices:
+def load_patient(
+    rows: pd.DataFrame, config: PreprocessConfig | None = None, limits: Limits = DEFAULT_LIMITS
+) -> PatientSlices:
     """Load every slice listed in one patient's index rows.
 
     Args:
         rows: rows of `build_index(...).table` for one patient (any order; sorted by slice here).
         config: NIfTI intensity percentiles (defaults if None); Kaggle pixels are uint8 / 255.
+        limits: the size limits the index applied (checked again from each header).
 
     Returns:
         The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
@@ -293,9 +311,9 @@ def load_patient(rows: pd.DataFrame, config: PreprocessConfig | None = None) -> 
     patient, fmt = _one_patient(rows)
     ordered = rows.sort_values("slice", kind="stable")
     if fmt == "kaggle":
-        return _load_kaggle(patient, ordered)
+        return _load_kaggle(patient, ordered, limits)
     if fmt == "nifti":
-        return _load_nifti(patient, ordered, config)
+        return _load_nifti(patient, ordered, config, limits)
     if fmt == "dicom":
         return _load_dicom(patient, ordered, config)
     raise ValueError(f"unknown format {fmt!r}")

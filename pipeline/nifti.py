@@ -21,6 +21,15 @@ from nibabel import orientations as ornt
 
 from pipeline.errors import ArchiveError
 from pipeline.preprocess import PreprocessConfig, assemble_channels, normalize_intensity
+from pipeline.quality import (
+    DEFAULT_LIMITS,
+    InputQualityError,
+    Limits,
+    check_slice_size,
+    check_spacing,
+    check_values,
+    check_volume_size,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: Name tokens (first or last `_`/`-`/`.`-separated token, lower case) → sequence role.
@@ -190,20 +199,58 @@ def find_sequences(path: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
     return roles, problems
 
 
-def load_header(path: Path) -> nib.Nifti1Image:
-    """Open a NIfTI file (header only), or raise `ArchiveError` saying why not."""
+def load_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> nib.Nifti1Image:
+    """Open a NIfTI file (header only), or raise `ArchiveError` saying why not.
+
+    The declared shape is checked against `limits` here, before any voxel is decompressed.
+    """
     try:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad files
-        raise ArchiveError(path, f"unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ArchiveError(path, f"unreadable NIfTI header ({reason})") from exc
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise ArchiveError(path, f"not a NIfTI-1/2 image ({type(image).__name__})")
     shape = image.shape
-    if len(shape) == 4 and shape[3] == 1:
-        return image
-    if len(shape) != 3:
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
         raise ArchiveError(path, f"{len(shape)}-D volume {tuple(shape)}, expected 3-D")
+    check_volume_size(shape[:3], path, limits)
     return image
+
+
+def _stored_zooms(image: nib.Nifti1Image, path: Path) -> tuple[float, float, float]:
+    """Voxel sizes as stored in the file: nibabel quietly turns a 0 `pixdim` into 1 on load."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as fh:
+        raw = type(image.header).from_fileobj(fh, check=False)
+    zooms = raw["pixdim"][1:4]
+    return float(zooms[0]), float(zooms[1]), float(zooms[2])
+
+
+def open_volume(
+    path: Path, limits: Limits = DEFAULT_LIMITS
+) -> tuple[nib.Nifti1Image, NiftiGeometry]:
+    """The one check of a NIfTI volume's header, shared by the index and the loader.
+
+    Shape within `limits`, a usable affine (finite, invertible) and a positive finite voxel size;
+    no voxel is read.
+
+    Raises:
+        ArchiveError: unreadable or degenerate header (`InputQualityError` for limits/spacing).
+    """
+    image = load_header(path, limits)
+    try:
+        affine = np.asarray(image.affine, dtype=np.float64)
+        if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError("affine is not finite or not invertible")
+        geometry = NiftiGeometry.from_header(image)
+    except Exception as exc:
+        raise InputQualityError(path, f"degenerate NIfTI header ({exc})") from exc
+    check_spacing(geometry.spacing, path)
+    check_spacing(_stored_zooms(image, path), path)
+    check_slice_size(geometry.canonical_shape[:2], path, limits)
+    return image, geometry
 
 
 def read_volume(image: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -217,14 +264,22 @@ def read_volume(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     return data.reshape(data.shape[:3])
 
 
-def _check_same_grid(reference: NiftiGeometry, other: NiftiGeometry, path: Path) -> None:
+#: Largest difference (mm, any affine entry) between a sequence's grid and the FLAIR file's.
+GRID_TOLERANCE_MM = 1e-3
+
+
+def check_same_grid(reference: NiftiGeometry, other: NiftiGeometry, path: Path) -> None:
+    """Raise `ArchiveError` unless `other` lies on the FLAIR file's grid (index and loader)."""
     if other.shape != reference.shape:
         raise ArchiveError(path, f"shape {other.shape} differs from FLAIR {reference.shape}")
-    if not np.allclose(other.affine, reference.affine, atol=1e-3):
-        raise ArchiveError(path, "affine differs from the FLAIR file's")
+    if not np.allclose(other.affine, reference.affine, rtol=0.0, atol=GRID_TOLERANCE_MM):
+        shift = float(np.max(np.abs(other.affine - reference.affine)))
+        raise ArchiveError(path, f"affine differs from the FLAIR file's by up to {shift:.3g} mm")
 
 
-def load_nifti_case(path: str | Path, config: PreprocessConfig | None = None) -> NiftiCase:
+def load_nifti_case(
+    path: str | Path, config: PreprocessConfig | None = None, limits: Limits = DEFAULT_LIMITS
+) -> NiftiCase:
     """Read a NIfTI patient (folder or single file) into canonical RAS orientation.
 
     Each sequence is normalised on its own (`normalize_intensity`, the config's percentiles)
@@ -233,6 +288,7 @@ def load_nifti_case(path: str | Path, config: PreprocessConfig | None = None) ->
     Args:
         path: patient folder or a single `.nii`/`.nii.gz` file.
         config: preprocessing percentiles (defaults if None).
+        limits: resource limits checked from each header before reading voxels.
 
     Returns:
         The case; raises `ArchiveError` with a clear message for unreadable input.
@@ -243,21 +299,24 @@ def load_nifti_case(path: str | Path, config: PreprocessConfig | None = None) ->
     if "flair" not in roles:
         found = ", ".join(sorted(roles)) or "none"
         raise ArchiveError(path, f"no FLAIR sequence (found: {found})")
-    flair_image = load_header(roles["flair"])
-    geometry = NiftiGeometry.from_header(flair_image)
+    flair_image, geometry = open_volume(roles["flair"], limits)
     channels: dict[str, np.ndarray] = {}
     for role in ("flair", "t1", "t1ce"):
         if role not in roles:
             continue
-        image = flair_image if role == "flair" else load_header(roles[role])
-        _check_same_grid(geometry, NiftiGeometry.from_header(image), roles[role])
+        if role == "flair":
+            image, other = flair_image, geometry
+        else:
+            image, other = open_volume(roles[role], limits)
+        check_same_grid(geometry, other, roles[role])
         raw = geometry.canonical(read_volume(image, roles[role]))
+        check_values(raw, roles[role])
         channels[role] = normalize_intensity(raw, cfg.low_percentile, cfg.high_percentile)
     stacked = assemble_channels(channels["flair"], channels.get("t1"), channels.get("t1ce"))
     mask = None
     if "seg" in roles:
-        seg_image = load_header(roles["seg"])
-        _check_same_grid(geometry, NiftiGeometry.from_header(seg_image), roles["seg"])
+        seg_image, seg_geometry = open_volume(roles["seg"], limits)
+        check_same_grid(geometry, seg_geometry, roles["seg"])
         mask = geometry.canonical(read_volume(seg_image, roles["seg"])) > 0
     patient = path.name if path.is_dir() else nifti_stem(path.name)
     return NiftiCase(patient, stacked, mask, geometry, {k: roles[k] for k in sorted(roles)})

@@ -79,11 +79,11 @@ def _escaped_only(text: str) -> bool:
 def output_name(key: str) -> str:
     """The output folder (and mask file prefix) of a patient key: never a path, never hidden.
 
-    Keys made only of `[A-Za-z0-9._-]`, not starting with a dot and not one of the run's own file
+    Keys made only of `[A-Za-z0-9._-]`, not starting with `.` or `-`, and not one of the run's file
     names, are kept as they are; any other key gets its unsafe characters replaced by `_` and a
     short hash of the original key appended, so two different keys never share a folder.
     """
-    cleaned = _SAFE.sub("_", key).lstrip(".")[:_MAX_NAME]
+    cleaned = _SAFE.sub("_", key).lstrip(".-")[:_MAX_NAME]  # not hidden, not an option
     if cleaned == key and key.lower() not in RUN_FILES:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:10]

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -508,17 +508,20 @@ def log_triage_run(
     metrics: Mapping[str, float],
     out_dir: str | Path,
     tags: Mapping[str, Any] | None = None,
+    include: Sequence[str] | None = None,
 ) -> str:
     """One MLflow run in the triage experiment: params, metrics, and the run's reports and masks.
 
     The run is named by date only; `params`/`metrics` must hold no patient keys. The output folder
     (the user's own reports and masks, one folder per patient) goes under the `triage/` artifacts;
-    the lock file and staging leftovers are not logged.
+    the lock file and staging leftovers are not logged. With `include` (top-level names in
+    `out_dir`: the run's own reports and patient folders), nothing else there is logged.
 
     Returns:
         The run id.
     """
     out = Path(out_dir)
+    keep = None if include is None else set(include)
     with start_run(EXPERIMENTS["triage"], run_name("triage"), params, tags) as run_id:
         log_metrics(run_id, metrics)
         client = MlflowClient()
@@ -526,5 +529,7 @@ def log_triage_run(
             rel = item.relative_to(out)
             if any(p.startswith(".") for p in rel.parts) or not item.is_file() or _private(item):
                 continue
+            if keep is not None and rel.parts[0] not in keep:
+                continue  # a file the user keeps in --out is not this run's to upload
             client.log_artifact(run_id, str(item), "/".join(("triage", *rel.parts[:-1])))
     return run_id
