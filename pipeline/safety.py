@@ -84,7 +84,7 @@ def output_name(key: str) -> str:
     short hash of the original key appended, so two different keys never share a folder.
     """
     cleaned = _SAFE.sub("_", key).lstrip(".-")[:_MAX_NAME]  # not hidden, not an option
-    if cleaned == key and key.lower() not in RUN_FILES:
+    if cleaned and cleaned == key and key.lower() not in RUN_FILES:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{cleaned or 'patient'}-{digest}"

@@ -1,0 +1,178 @@
+"""Size bombs under a memory limit, one validation rule for index and loader, and the pure rules
+that keep keys and reasons safe (no Prefect, no models)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import resource
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ArchiveError
+from pipeline.index import build_index
+from pipeline.io import load_patient
+from pipeline.manifest import RUN_FILES
+from pipeline.nifti import load_nifti_case
+from pipeline.safety import clean_reason, csv_cell, display_text, output_name
+
+MEMORY_LIMIT = 1536 * 2**20  # address space of the child: far below what any bomb declares
+
+
+def _tif_bomb(path: Path, side: int = 60000) -> None:
+    """A 64x64 zlib TIF whose header then claims `side` x `side` x 3 pixels (10 GB decoded)."""
+    tifffile.imwrite(str(path), np.zeros((64, 64, 3), np.uint8), compression="zlib")
+    with tifffile.TiffFile(str(path)) as tif:
+        tags = tif.pages.first.tags
+        where = [(tags[n].valueoffset, tags[n].dtype) for n in ("ImageWidth", "ImageLength")]
+    with open(path, "r+b") as fh:
+        for offset, dtype in where:
+            fh.seek(offset)
+            fh.write(struct.pack("<H" if int(dtype) == 3 else "<I", side))
+
+
+def _nifti_header_bomb(path: Path) -> None:
+    """A .nii whose header declares 3000^3 int16 voxels (54 GB) followed by a few bytes."""
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    img.header.set_data_shape((3000, 3000, 3000))
+    path.write_bytes(img.header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+
+
+def _gzip_bomb(path: Path, shape: tuple[int, int, int] = (640, 640, 400)) -> None:
+    """A real .nii.gz of zeros: ~0.3 MB on disk, 328 MB decompressed (over the voxel limit)."""
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.diag([0.9, 0.9, 3, 1]))
+    img.header.set_data_shape(shape)
+    zero = bytes(1 << 24)
+    total = int(np.prod(shape)) * 2
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(img.header.binaryblock + b"\0" * 4)
+        for start in range(0, total, len(zero)):
+            fh.write(zero[: min(len(zero), total - start)])
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    good = archive / "GOOD"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in (1, 2):
+        tifffile.imwrite(str(good / f"GOOD_{k}.tif"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    (archive / "TIFBOMB").mkdir()
+    _tif_bomb(archive / "TIFBOMB" / "TIFBOMB_1.tif")
+    _nifti_header_bomb(archive / "HDRBOMB.nii")
+    _gzip_bomb(archive / "GZBOMB.nii.gz")
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        from pipeline.errors import ArchiveError
+        from pipeline.index import build_index
+        from pipeline.io import read_tif
+        from pipeline.nifti import load_nifti_case
+        index = build_index({str(archive)!r})
+        print("patients", sorted(index.table["patient"].unique()))
+        for e in index.errors:
+            print("error", e["patient"], e["reason"])
+        for load, path in ((read_tif, "TIFBOMB/TIFBOMB_1.tif"), (load_nifti_case, "GZBOMB.nii.gz")):
+            try:
+                load({str(archive)!r} + "/" + path)
+            except ArchiveError as exc:
+                print("loader", exc.reason)
+        print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        """
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        preexec_fn=_limit_memory, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    print("\n".join(lines))
+    assert lines[0] == "patients ['GOOD']"
+    errors = {ln.split()[1]: ln for ln in lines if ln.startswith("error")}
+    assert "exceeds the limit" in errors["TIFBOMB"]
+    assert "over the limit" in errors["HDRBOMB"] and "over the limit" in errors["GZBOMB"]
+    loader = [ln for ln in lines if ln.startswith("loader")]
+    assert len(loader) == 2 and all("limit" in ln for ln in loader)
+
+
+def _case(folder: Path, t1_shift: float, seg: bool = True) -> Path:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    flair = rng.integers(1, 500, (32, 32, 4)).astype(np.int16)
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    affine[:3, 3] = [-14.0, -14.0, -6.0]
+    nib.Nifti1Image(flair, affine).to_filename(str(folder / f"{folder.name}_flair.nii.gz"))
+    moved = affine.copy()
+    moved[0, 3] += t1_shift
+    nib.Nifti1Image(flair, moved).to_filename(str(folder / f"{folder.name}_t1.nii.gz"))
+    if seg:
+        mask = (flair > 450).astype(np.uint8)
+        nib.Nifti1Image(mask, affine).to_filename(str(folder / f"{folder.name}_seg.nii.gz"))
+    return folder
+
+
+def _loads(folder: Path) -> bool:
+    try:
+        load_nifti_case(folder)
+    except ArchiveError:
+        return False
+    return True
+
+
+def test_t1_shifted_by_005_mm_is_treated_alike_by_index_and_loader(tmp_path: Path) -> None:
+    case = _case(tmp_path / "arch" / "P1", 0.05)
+    index = build_index(tmp_path / "arch")
+    assert index.table.empty and not _loads(case)
+    assert [e["patient"] for e in index.errors] == ["P1"]
+    assert "affine differs" in index.errors[0]["reason"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(shift=st.sampled_from([0.0, 1e-5, 5e-4, 9e-4, 1.1e-3, 0.01, 0.05, 0.5]))
+def test_whatever_the_index_accepts_the_loader_loads(tmp_path_factory, shift: float) -> None:
+    root = tmp_path_factory.mktemp("prop")
+    case = _case(root / "P1", shift)
+    index = build_index(root)
+    accepted = not index.table.empty
+    assert accepted == _loads(case), (shift, index.errors)
+    if accepted:
+        assert len(load_patient(index.table).slices) == len(index.table)
+
+
+KEYS = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("/.\\\x00\x1b:"),
+    max_size=40,
+) | st.sampled_from([*sorted(RUN_FILES), ".", "..", "-x", "P\udcff"])
+
+
+@given(a=KEYS, b=KEYS)
+def test_output_names_are_plain_distinct_folder_names(a: str, b: str) -> None:
+    na = output_name(a)
+    assert na and "/" not in na and "\0" not in na and not na.startswith((".", "-"))
+    assert na.lower() not in RUN_FILES and len(na) < 120
+    assert na.isascii()
+    if a != b:
+        assert na != output_name(b)
+
+
+def test_display_and_csv_and_reasons() -> None:
+    assert display_text("P\udcff\x1bx") == "P\\xff\\u001bx"
+    assert csv_cell("=1+1") == "'=1+1" and csv_cell("-2") == "'-2" and csv_cell(-2.5) == -2.5
+    array_error = ValueError(f"bad pixels {np.arange(400).reshape(20, 20)}")
+    reason = clean_reason(array_error)
+    assert "[…]" in reason and "399" not in reason and len(reason) <= 300
+    assert "\n" not in clean_reason(RuntimeError("two\nlines"))
