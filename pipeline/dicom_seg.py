@@ -41,20 +41,33 @@ def _segment_description() -> Any:
     )
 
 
+#: Type 2 attributes highdicom copies from the source; absent ones are set empty (in memory only).
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "StudyID", "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
+
+
+def _read_source(path: str) -> Any:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key in _TYPE2:
+        if key not in ds:
+            setattr(ds, key, "")
+    return ds
+
+
 def _frames_by_source(native: np.ndarray, source: Any) -> tuple[list[Any], np.ndarray]:
     """Source datasets and the SEG pixel array in the order highdicom expects.
 
     Single-frame series: one source dataset per sorted slice, frame k = slice k. Multi-frame:
     the one source dataset, frames in the file's own frame order.
     """
-    import pydicom
-
     frames = source.geometry.frames
     planes = np.transpose(np.asarray(native) > 0, (2, 1, 0))  # (slices, rows, cols)
     if frames[0].frame is None:
-        datasets = [pydicom.dcmread(f.path) for f in frames]
+        datasets = [_read_source(f.path) for f in frames]
         return datasets, planes.astype(np.uint8)
-    ds = pydicom.dcmread(frames[0].path)
+    ds = _read_source(frames[0].path)
     out = np.zeros((int(ds.NumberOfFrames), *planes.shape[1:]), dtype=np.uint8)
     for k, f in enumerate(frames):
         out[f.frame] = planes[k]
