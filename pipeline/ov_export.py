@@ -32,10 +32,11 @@ from pipeline.runtime import (
     compile_ir,
     export_dir,
     model_digest,
+    model_temperature,
     read_export,
     supported_precisions,
 )
-from pipeline.triage import DEFAULT_THRESHOLD
+from pipeline.triage import resolve_threshold
 
 #: (Keras model, folder) -> an `openvino.Model`; tests pass a deliberately broken one.
 Converter = Callable[[Any, Path], Any]
@@ -87,8 +88,8 @@ def parity_record(kind: str, precision: str, ref: np.ndarray, out: np.ndarray) -
     if kind == "classifier":
         return ParityRecord(
             kind, precision, len(ref), float(np.max(np.abs(out[:, 1] - ref[:, 1]))),
-            p_normal_tf=tuple(float(v) for v in ref[:, 0]),
-            p_normal_ov=tuple(float(v) for v in out[:, 0]),
+            p_tumour_tf=tuple(float(v) for v in ref[:, 1]),
+            p_tumour_ov=tuple(float(v) for v in out[:, 1]),
         )  # fmt: skip
     ma, mb = ref > 0.5, out > 0.5
     return ParityRecord(
@@ -144,7 +145,7 @@ def export_model(
     version, digest = model_digest(uri)
     lm = load_model(uri)
     if threshold is None:
-        threshold = float(lm.info.get("operating_point") or DEFAULT_THRESHOLD)
+        threshold = resolve_threshold(None, lm.info)[0]  # as a triage run resolves it
     native = supported_precisions()
     rows: list[dict[str, Any]] = []
     todo = []
@@ -205,13 +206,14 @@ def _row(
     precision: str, status: str, folder: Path, record: dict, threshold: float, seconds: float
 ) -> dict[str, Any]:
     parity = ParityRecord.from_dict(record["parity"])
+    temp = model_temperature(record.get("info"))
     return {
         "precision": precision,
         "status": status,
-        "refused": parity.refusal(threshold, ParityPolicy()),
+        "refused": parity.refusal(threshold, ParityPolicy(), temp),
         "folder": str(folder),
         "seconds": round(seconds, 1),
-        **parity.summary(threshold),
+        **parity.summary(threshold, temp),
     }
 
 

@@ -43,6 +43,19 @@ CACHE_ENV = "MRI_TRIAGE_CACHE"
 # ---------------------------------------------------------------- parity --------------------------
 
 
+def gate_p_normal(p_tumour: Any, temperature: float = 1.0) -> np.ndarray:
+    """P(normal) the gate routes on: 1 − the classifier's P(tumour) after its logged temperature
+    (`pipeline.calibration.apply_temperature`), as `pipeline.inference.triage_patient` does."""
+    from pipeline.calibration import apply_temperature
+
+    return 1.0 - apply_temperature(np.asarray(p_tumour, np.float64), temperature)
+
+
+def model_temperature(info: dict[str, Any] | None) -> float:
+    """The classifier's logged temperature (1 when none was fitted)."""
+    return float((info or {}).get("temperature", 1.0) or 1.0)
+
+
 @dataclass(frozen=True)
 class ParityPolicy:
     """When an optimised model may replace TF fp32 (measured on held-out slices at export time).
@@ -65,8 +78,8 @@ class ParityRecord:
         precision: one of `OV_PRECISIONS`.
         slices: parity slices compared.
         max_abs_diff: max |ΔP| (P(tumour) per slice for a classifier, per pixel for a segmenter).
-        p_normal_tf, p_normal_ov: classifier P(normal) per parity slice (gate flips at any
-            threshold are recomputed from these); empty for a segmenter.
+        p_tumour_tf, p_tumour_ov: classifier P(tumour) per parity slice, uncalibrated (gate flips
+            at any threshold and temperature are recomputed from these); empty for a segmenter.
         dice: segmenter masks' pooled Dice versus TF fp32 (NaN for a classifier).
         mask_pixels_tf: pixels TF fp32 called tumour on the parity slices (segmenter).
     """
@@ -75,25 +88,28 @@ class ParityRecord:
     precision: str
     slices: int
     max_abs_diff: float
-    p_normal_tf: tuple[float, ...] = ()
-    p_normal_ov: tuple[float, ...] = ()
+    p_tumour_tf: tuple[float, ...] = ()
+    p_tumour_ov: tuple[float, ...] = ()
     dice: float = float("nan")
     mask_pixels_tf: int = 0
 
-    def gate_flips(self, threshold: float) -> int:
-        """Parity slices whose route (`pipeline.triage.route_slices`) changes at `threshold`."""
-        if not self.p_normal_tf:
+    def gate_flips(self, threshold: float, temperature: float = 1.0) -> int:
+        """Parity slices whose route changes at `threshold`, routed as triage routes them
+        (`gate_p_normal`, then `pipeline.triage.route_slices`)."""
+        if not self.p_tumour_tf:
             return 0
-        a = route_slices(np.asarray(self.p_normal_tf, np.float64), threshold)
-        b = route_slices(np.asarray(self.p_normal_ov, np.float64), threshold)
+        a = route_slices(gate_p_normal(self.p_tumour_tf, temperature), threshold)
+        b = route_slices(gate_p_normal(self.p_tumour_ov, temperature), threshold)
         return int((a != b).sum())
 
-    def refusal(self, threshold: float, policy: ParityPolicy = ParityPolicy()) -> str | None:
+    def refusal(
+        self, threshold: float, policy: ParityPolicy = ParityPolicy(), temperature: float = 1.0
+    ) -> str | None:
         """Why this model may not replace TF fp32 at `threshold`, or None when it may."""
         if self.slices < 1:
             return "no parity slices were measured"
         if self.kind == "classifier":
-            flips = self.gate_flips(threshold)
+            flips = self.gate_flips(threshold, temperature)
             if flips > policy.max_gate_flips:
                 return (
                     f"{flips} of {self.slices} parity slices change route at threshold "
@@ -104,7 +120,7 @@ class ParityRecord:
             return f"mask Dice versus TF fp32 {self.dice:.4f} < {policy.min_dice}"
         return None
 
-    def summary(self, threshold: float) -> dict[str, Any]:
+    def summary(self, threshold: float, temperature: float = 1.0) -> dict[str, Any]:
         """Small JSON-able figures (no per-slice arrays) for reports and benchmarks."""
         out: dict[str, Any] = {
             "precision": self.precision,
@@ -112,7 +128,7 @@ class ParityRecord:
             "max_abs_diff": round(self.max_abs_diff, 6),
         }
         if self.kind == "classifier":
-            out["gate_flips"] = self.gate_flips(threshold)
+            out["gate_flips"] = self.gate_flips(threshold, temperature)
         else:
             out["dice"] = round(self.dice, 5)
         return out
@@ -123,7 +139,7 @@ class ParityRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParityRecord:
         d = dict(data)
-        for key in ("p_normal_tf", "p_normal_ov"):
+        for key in ("p_tumour_tf", "p_tumour_ov"):
             d[key] = tuple(float(v) for v in d.get(key, ()))
         d["dice"] = float("nan") if d.get("dice") is None else float(d["dice"])
         return cls(**d)
@@ -359,12 +375,13 @@ def choose_export(
             continue
         parity = ParityRecord.from_dict(record["parity"])
         at = resolve_threshold(threshold, record.get("info"))[0]
-        refused = parity.refusal(at, policy)
+        temp = model_temperature(record.get("info"))
+        refused = parity.refusal(at, policy, temp)
         if refused:
             reasons.append(f"{p}: refused, {refused}")
             continue
         card = card_from_record(record)
-        return OvChoice(card, folder / "model.xml", p, parity.summary(at), None)
+        return OvChoice(card, folder / "model.xml", p, parity.summary(at, temp), None)
     why = "; ".join(reasons)
     hint = "" if "refused" in why else " (run `mri-triage export` with a training archive)"
     return OvChoice(None, None, precision, None, f"{version}: {why}{hint}")

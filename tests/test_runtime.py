@@ -62,9 +62,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ],
 )
 def test_gate_flips_follow_the_routing_rule(tf, ov, threshold, flips) -> None:
-    rec = runtime.ParityRecord("classifier", "int8", len(tf), 0.1, tuple(tf), tuple(ov))
+    p_tumour = [tuple(1.0 - np.asarray(v)) for v in (tf, ov)]
+    rec = runtime.ParityRecord("classifier", "int8", len(tf), 0.1, *p_tumour)
     assert rec.gate_flips(threshold) == flips
     assert (rec.refusal(threshold) is None) == (flips == 0)
+
+
+def test_gate_flips_use_the_classifier_temperature() -> None:
+    # P(tumour) 0.005 vs 0.012: both normal at 0.99 uncalibrated; T = 0.5 sharpens them apart.
+    rec = runtime.ParityRecord("classifier", "int8", 1, 0.007, (0.005,), (0.012,))
+    assert rec.gate_flips(0.99) == 1
+    assert rec.gate_flips(0.98) == 0
+    assert rec.gate_flips(0.98, temperature=0.5) == 0
+    assert rec.gate_flips(0.9999, temperature=0.5) == 1
 
 
 def test_segmenter_refused_below_dice() -> None:
