@@ -23,6 +23,7 @@ from pipeline import manifest
 from pipeline.inference import TriageSettings, process_patient, run_metrics
 from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
 from pipeline.preflight import check_dask_address, check_run_paths
+from pipeline.quality import DEFAULT_LIMITS, Limits
 from pipeline.report import DISCLAIMER, write_run_reports
 from pipeline.runtime import load_triage_runtime
 from pipeline.triage import bypass_warning, resolve_threshold
@@ -72,6 +73,7 @@ def triage_flow(
     ov_precision: str = "auto",
     series_pattern: str | None = None,
     key_map: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out`.
 
@@ -91,7 +93,7 @@ def triage_flow(
     out_dir = check_run_paths(archive, out)  # before anything is written (pipeline.preflight)
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
-        index = build_index(archive, series_pattern)
+        index = build_index(archive, series_pattern, limits)
         models = load_triage_runtime(
             classifier, segmenter, batch, precision, runtime, ov_precision, threshold
         )  # fail early
@@ -99,8 +101,9 @@ def triage_flow(
             log.warning("%s", note)
         threshold, source = resolve_threshold(threshold, models.classifier.info)
         settings = TriageSettings(
-            threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision
-        )
+            threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision,
+            limits=limits,
+        )  # fmt: skip
         log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
         previous = manifest.load_manifest(out_dir)
         start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
@@ -193,6 +196,8 @@ def make_task_runner(dask_address: str | None, workers: int = 2, processes: bool
 
 
 def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.index import limits_of
+
     return {
         "archive": str(Path(args.archive).absolute()),
         "out": str(Path(args.out).absolute()),
@@ -206,6 +211,7 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "ov_precision": getattr(args, "ov_precision", "auto"),
         "series_pattern": getattr(args, "series_pattern", None),
         "key_map": getattr(args, "write_key_map", False),
+        "limits": limits_of(args),
     }
 
 
@@ -214,6 +220,7 @@ def cli_triage(args: argparse.Namespace) -> int:
     from pipeline.errors import ArchiveError
 
     try:
+        check_run_paths(args.archive, args.out)  # one line, before Prefect starts anything
         check_dask_address(args.dask_address)
         runner = make_task_runner(args.dask_address, getattr(args, "workers", 2))
         result = triage_flow.with_options(task_runner=runner)(

@@ -49,7 +49,26 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--csv", metavar="PATH", help="also write the per-slice table as CSV")
     _add_series_pattern(p)
+    _add_limits(p)
     _handler(p, "pipeline.index:cli_index")
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """Size limits checked from file headers before decoding (`pipeline.quality.Limits`)."""
+    from pipeline.quality import DEFAULT_LIMITS
+
+    p.add_argument(
+        "--max-slice-pixels",
+        type=int,
+        default=DEFAULT_LIMITS.max_slice_pixels,
+        help=f"largest slice accepted, in pixels (default {DEFAULT_LIMITS.max_slice_pixels})",
+    )
+    p.add_argument(
+        "--max-volume-voxels",
+        type=int,
+        default=DEFAULT_LIMITS.max_volume_voxels,
+        help=f"largest volume accepted, in voxels (default {DEFAULT_LIMITS.max_volume_voxels})",
+    )
 
 
 def _add_series_pattern(p: argparse.ArgumentParser) -> None:
@@ -105,16 +124,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for stage in ("classifier", "segmenter"):
         t = tsub.add_parser(stage)
         t.add_argument("--archive", required=True)
-        t.add_argument("--epochs", type=int, default=None)
-        t.add_argument("--lr", type=float, default=None)
-        t.add_argument("--batch", type=int, default=16)
-        t.add_argument("--image-size", type=int, default=256)
+        _add_recipe_options(t)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--promote", action="store_true", help="move the champion alias regardless")
         t.add_argument("--save", metavar="PATH", help="also save PATH.keras + PATH.json (sidecar)")
         if stage == "classifier":
             t.add_argument("--backbone", choices=["resnet50", "vgg16"], default="resnet50")
-            t.add_argument("--weights", default="imagenet", help="imagenet | PATH | none")
+            t.add_argument(
+                "--weights",
+                default="auto",
+                help="auto (ImageNet when Keras' cache has the file, else none) | imagenet | "
+                "PATH | none (default auto)",
+            )
             t.add_argument("--trainable", default="all", help="all | frozen | top:N")
         else:
             t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
@@ -122,7 +143,95 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             t.add_argument(
                 "--include-empty", action="store_true", help="train on tumour-free slices too"
             )
+            t.add_argument(
+                "--empty-fraction",
+                type=float,
+                default=None,
+                help="share of sampled tumour-free slices per epoch (cpu/gpu presets: 0.3)",
+            )
         _handler(t, "flows.train:cli_train")
+
+
+def _add_recipe_options(t: argparse.ArgumentParser) -> None:
+    """Training options; None = not given, so the preset's value (or the built-in default) holds."""
+    from pipeline.preprocess import INPUT_MODES, NORMALIZATIONS
+    from pipeline.recipe_fit import OPTIMIZERS, PRECISIONS, SCHEDULES, SELECTS
+    from pipeline.recipes import PRESETS
+
+    t.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="named recipe: paper (the MRI paper), cpu (~45 min for both stages on 2 cores), "
+        "gpu (256 px, longer, mixed precision); explicit options override its values",
+    )
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch", type=int, default=None, help="default 16 (or the preset's)")
+    t.add_argument("--image-size", type=int, default=None, help="default 256 (or the preset's)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    t.add_argument("--schedule", choices=SCHEDULES, default=None)
+    t.add_argument("--warmup", type=float, default=None, help="warm-up share of the steps")
+    t.add_argument("--input-mode", choices=INPUT_MODES, default=None)
+    t.add_argument("--normalize", choices=NORMALIZATIONS, default=None)
+    t.add_argument("--select", choices=SELECTS, default=None, help="checkpoint selection")
+    t.add_argument("--precision", choices=PRECISIONS, default=None)
+    t.add_argument("--patience", type=int, default=None, help="early-stopping patience")
+    t.add_argument(
+        "--min-sensitivity",
+        type=float,
+        default=None,
+        help="validation slice sensitivity the operating point keeps (default 0.98)",
+    )
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from pipeline.recipes import PRESETS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="patient-level k-fold cross-validation of the whole cascade (or score given models)",
+        description="Each fold trains both stages on the other folds' patients and triages its "
+        "held-out patients through the triage code; prints AUC, gate sensitivity, calls saved, "
+        "Dice and HD95 with 95%% bootstrap intervals, and logs to the mri-triage-evaluate "
+        "experiment. Example: mri-triage evaluate data/lgg --folds 5 --fold 0 --preset cpu",
+    )
+    p.add_argument("archive", help="labelled archive (Kaggle LGG layout or NIfTI with masks)")
+    p.add_argument(
+        "--out", default="data/evaluate", help="fold models and reports (default %(default)s)"
+    )
+    p.add_argument("--folds", type=int, default=5, help="k (default %(default)s)")
+    p.add_argument("--fold", type=int, default=None, help="run only this fold (0-based)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="default %(default)s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", choices=["resnet50", "vgg16"], default="resnet50")
+    p.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
+    p.add_argument(
+        "--weights", default="auto", help="classifier weights: auto | imagenet | PATH | none"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="default: each fold's operating point"
+    )
+    p.add_argument("--no-train", action="store_true", help="score --classifier/--segmenter instead")
+    p.add_argument("--classifier", help="model URI or .keras file (with --no-train)")
+    p.add_argument("--segmenter", help="model URI or .keras file (with --no-train)")
+    p.add_argument(
+        "--n-boot", type=int, default=2000, help="bootstrap resamples (default %(default)s)"
+    )
+    p.add_argument("--classifier-size", type=int, help="override the preset's image size")
+    p.add_argument("--segmenter-size", type=int, help="override the preset's image size")
+    p.add_argument("--classifier-epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--segmenter-epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--lone-slice-area",
+        type=int,
+        help="3-D post-processing: drop single-slice components below this area (px of a 256x256 "
+        "slice; default 200, 0 keeps them)",
+    )
+    p.add_argument(
+        "--min-volume", type=int, help="3-D post-processing: drop components below N voxels (100)"
+    )
+    _handler(p, "pipeline.evaluate:cli_evaluate")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +247,13 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
     p.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
-    p.add_argument("--threshold", type=float, default=0.99, help="P(normal) at or above: normal")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="P(normal) at or above which a slice is normal (default: the classifier's logged "
+        "operating point; 0.99 when it has none)",
+    )
     p.add_argument("--force", action="store_true", help="redo patients already done")
     p.add_argument("--dask-address", help="tcp://host:port of a Dask scheduler, or 'local'")
     _add_triage_options(p)
@@ -151,7 +266,7 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cron", default="0 2 * * *")
     s.add_argument("--classifier")
     s.add_argument("--segmenter")
-    s.add_argument("--threshold", type=float, default=0.99)
+    s.add_argument("--threshold", type=float, default=None, help="default: operating point")
     _add_triage_options(s)
     _handler(s, "flows.triage:cli_serve")
 
@@ -160,13 +275,14 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
     p.add_argument("--batch", type=int, default=16, help="slices per model call")
     p.add_argument("--precision", default="float32", choices=PRECISIONS)
-    _add_runtime_options(p)
     _add_series_pattern(p)
     p.add_argument(
         "--write-key-map",
         action="store_true",
         help="DICOM: also write OUT/pseudonym_map.csv (patient key -> StudyInstanceUID)",
     )
+    _add_runtime_options(p)
+    _add_limits(p)
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -221,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_models,
         _add_bench,
         _add_train,
+        _add_evaluate,
         _add_compare,
         _add_triage,
         _add_export,

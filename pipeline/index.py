@@ -501,11 +501,19 @@ def fingerprint(table: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def limits_of(args: argparse.Namespace) -> Limits:
+    """`Limits` from `--max-slice-pixels` / `--max-volume-voxels` (defaults where absent)."""
+    return Limits(
+        max_slice_pixels=getattr(args, "max_slice_pixels", DEFAULT_LIMITS.max_slice_pixels),
+        max_volume_voxels=getattr(args, "max_volume_voxels", DEFAULT_LIMITS.max_volume_voxels),
+    )
+
+
 def cli_index(args: argparse.Namespace) -> int:
     """`mri-triage index ARCHIVE [--json] [--csv PATH]`; exit status 2 when anything was skipped."""
     started = time.perf_counter()
     try:
-        index = build_index(args.archive, getattr(args, "series_pattern", None))
+        index = build_index(args.archive, getattr(args, "series_pattern", None), limits_of(args))
     except ArchiveError as exc:
         if args.json:
             error = {"path": exc.path, "reason": exc.reason}
