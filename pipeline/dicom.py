@@ -66,7 +66,6 @@ class Frame:
         size: `(rows, columns)`.
         slope, intercept: RescaleSlope / RescaleIntercept.
         localizer: ImageType / FrameType says LOCALIZER.
-        has_pixels: the file holds pixel data.
         thickness: SliceThickness or SpacingBetweenSlices (mm), NaN if absent.
     """
 
@@ -80,7 +79,6 @@ class Frame:
     slope: float = 1.0
     intercept: float = 0.0
     localizer: bool = False
-    has_pixels: bool = True
     thickness: float = float("nan")
 
 
@@ -164,7 +162,7 @@ def _frame_fields(
     return _first(item, name) or _first(shared, name) or None
 
 
-def _single_frame(ds: Dataset, path: str, has_pixels: bool) -> list[Frame]:
+def _single_frame(ds: Dataset, path: str) -> list[Frame]:
     image_type = [str(t).upper() for t in ds.get("ImageType", [])]
     thickness = _number(ds.get("SpacingBetweenSlices")) or _number(ds.get("SliceThickness"))
     return [
@@ -179,13 +177,12 @@ def _single_frame(ds: Dataset, path: str, has_pixels: bool) -> list[Frame]:
             slope=_number(ds.get("RescaleSlope")) or 1.0,
             intercept=_number(ds.get("RescaleIntercept")) or 0.0,
             localizer="LOCALIZER" in image_type,
-            has_pixels=has_pixels,
             thickness=thickness if thickness else float("nan"),
         )
     ]
 
 
-def _multi_frame(ds: Dataset, path: str, has_pixels: bool) -> list[Frame]:
+def _multi_frame(ds: Dataset, path: str) -> list[Frame]:
     """Frames of an enhanced multi-frame image from its functional groups."""
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -217,7 +214,6 @@ def _multi_frame(ds: Dataset, path: str, has_pixels: bool) -> list[Frame]:
                 slope=(_number(pvt.get("RescaleSlope")) if pvt else None) or 1.0,
                 intercept=(_number(pvt.get("RescaleIntercept")) if pvt else None) or 0.0,
                 localizer="LOCALIZER" in kinds,
-                has_pixels=has_pixels,
                 thickness=thick if thick else float("nan"),
             )
         )
@@ -240,19 +236,19 @@ def _acquisition(ds: Dataset) -> tuple[float | None, float | None, str]:
 
 
 def _dcmread_header(path: str) -> Dataset:
-    """Header with pixel data deferred; files without the DICM preamble (old exports) are read
-    with `force` and kept only when they hold a SOP class or modality."""
+    """Header up to the pixel data (pixels are checked when decoded); files without the DICM
+    preamble (old exports) are read with `force` and kept only with a SOP class or modality."""
     try:
-        return pydicom.dcmread(path, defer_size="64 KB")
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         if not ds.get("SOPClassUID") and not ds.get("Modality"):
             raise
         return ds
 
 
 def read_header(path: str | Path) -> tuple[Dataset, list[Frame]] | None:
-    """Read one file's header (pixel data deferred) and its frames.
+    """Read one file's header (not its pixel data) and its frames.
 
     Returns:
         `(dataset, frames)`, or None for a DICOM object that is not an image (SR, SEG, ...).
@@ -271,9 +267,8 @@ def read_header(path: str | Path) -> tuple[Dataset, list[Frame]] | None:
     for key in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(key):
             raise ArchiveError(path, f"DICOM image without {key}")
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     multi = "PerFrameFunctionalGroupsSequence" in ds
-    frames = (_multi_frame if multi else _single_frame)(ds, path, has_pixels)
+    frames = (_multi_frame if multi else _single_frame)(ds, path)
     if not multi and int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise ArchiveError(path, "multi-frame image without per-frame geometry (4-D or cine?)")
     return ds, frames
@@ -369,7 +364,7 @@ def check_series(header: SeriesHeader) -> SeriesGeometry:
     stops one volume from being built raises.
 
     Raises:
-        ArchiveError: missing pixel data, mixed sizes/orientations/spacings, several frames at
+        ArchiveError: mixed sizes/orientations/spacings, several frames at
             one position (4-D, or duplicated slices), missing slices (a gap), uneven spacing,
             positions not along the slice normal.
     """
@@ -383,9 +378,6 @@ def check_series(header: SeriesHeader) -> SeriesGeometry:
     notes += dup_notes
     if not frames:
         raise ArchiveError(where, "series holds no usable image")
-    no_pixels = [f for f in frames if not f.has_pixels]
-    if no_pixels:
-        raise ArchiveError(no_pixels[0].path, f"{len(no_pixels)} image(s) without pixel data")
     _check_uniform(frames, where)
     normal = _normal(frames[0].orientation)
     dist = np.array([np.dot(f.position, normal) for f in frames])
@@ -436,6 +428,8 @@ def _slice_step(frames: list[Frame], dist: np.ndarray, where: str) -> float:
 
 
 def _decode(ds: Dataset, path: str) -> np.ndarray:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ArchiveError(path, "image without pixel data")
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises several types for undecodable pixel data
@@ -453,7 +447,8 @@ def read_volume(geometry: SeriesGeometry) -> np.ndarray:
         `(columns, rows, slices)` float32 (RescaleSlope × stored + RescaleIntercept).
 
     Raises:
-        ArchiveError: unreadable pixel data or an unsupported transfer syntax (names the syntax).
+        ArchiveError: missing or unreadable pixel data, or an unsupported transfer syntax (the
+            message names the syntax).
     """
     out = np.zeros(geometry.shape, dtype=np.float32)
     cache: dict[str, np.ndarray] = {}

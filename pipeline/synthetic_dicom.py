@@ -253,7 +253,7 @@ def write_dicom_study(
         if flair:
             header["InversionTime"] = ti
             if i % 2:
-                affine = _rotation_x(12.0 + i) @ affine
+                affine = _rotation_x(10.0 + 3.0 * (i % 7)) @ affine  # 10-28 deg: still "axial"
         multi = flair and i % 3 == 2
         sub = folder / f"series_{number:02d}"
         depth = stored.shape[2]
