@@ -134,3 +134,22 @@ def test_second_run_skips_what_is_done(run: dict) -> None:
     assert second["patients_done"] == 0
     assert second["patients_skipped"] == first["patients_done"] + first["patients_skipped"]
     assert second["failures"] == first["failures"] and run["second"]["exit_code"] == 1
+
+
+def test_prefect_never_sees_a_patient_key(run: dict) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs()
+        flow_runs = client.read_flow_runs()
+        logs = client.read_logs()
+    assert task_runs and logs
+    blob = json.dumps(
+        [[t.name, str(t.task_inputs), str(t.state_name)] for t in task_runs]
+        + [[f.name, f.parameters] for f in flow_runs]
+        + [log.message for log in logs],
+        default=str,
+    )
+    keys = [c.key for c in run["cases"] if c.key and len(c.key) > 4 and c.key.isprintable()]
+    assert len(keys) > 20
+    assert not [k for k in keys if k in blob]
