@@ -165,6 +165,7 @@ def make_dataset(
         seed: shuffling and augmentation seed.
         keep_empty: segmenter training only: the chance that a tumour-free slice is kept in an
             epoch (drawn afresh each epoch), so the model sees a sampled share of empty slices.
+            Below 1 the dataset repeats endlessly: pass `steps_per_epoch` to `fit`.
 
     Returns:
         Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
@@ -191,6 +192,8 @@ def make_dataset(
                 tf.reduce_max(y) > 0.5, tf.random.uniform([], seed=seed + 5) < keep_empty
             )
         )
+        # Endless, so every epoch has the same number of batches (`steps_per_epoch` in `fit`).
+        ds = ds.repeat()
     ds = ds.batch(batch)
     if training:
         ds = ds.map(

@@ -415,6 +415,9 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             run_id,
             score_val=all_val,
             class_weight=class_weights(train.labels) if kind == "classifier" else None,
+            steps_per_epoch=(
+                recipe_fit.steps_per_epoch(n_train, config.batch) if keep_empty < 1.0 else None
+            ),
         )
         for table_name, table in paper_tables(
             config, fitted, count_params(model), len(train)

@@ -1,0 +1,99 @@
+"""`mri-triage evaluate` for real on a small synthetic archive at 64 px (SQLite MLflow in tmp).
+
+One fold of a 4-fold split trains both stages for one epoch (VGG16 stands in for ResNet50: the same
+code path, faster tracing), triages the held-out patients, and the tests read what was printed,
+written and logged. Accuracy is not asserted (one epoch learns little); the figures' presence,
+their intervals, the run tree and the privacy of what MLflow holds are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import tracking
+from pipeline.cli import main
+from pipeline.evaluate import EXPERIMENT, STATISTICS
+from pipeline.synthetic import write_synthetic_archive
+
+pytestmark = pytest.mark.slow
+PATIENT_KEY = re.compile(r"SYN_\d{4}")
+FAST = ["--classifier-size", "64", "--segmenter-size", "64", "--classifier-epochs", "1"]
+FAST += ["--segmenter-epochs", "1", "--backbone", "vgg16", "--weights", "none", "--n-boot", "100"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("evaluate")
+    archive = write_synthetic_archive(
+        tmp / "archive", 8, "kaggle", seed=5, slices=10, image_size=64
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(tmp / "artifacts"))
+        out = tmp / "eval"
+        rc = main(
+            ["evaluate", str(archive), "--out", str(out), "--folds", "4", "--fold", "0", *FAST]
+        )
+        runs = tracking.search_runs([EXPERIMENT, *tracking.EXPERIMENTS.values()], status=None)
+        yield {"tmp": tmp, "archive": archive, "out": out, "rc": rc, "runs": runs}
+
+
+def test_every_metric_with_its_interval(evaluated: dict[str, Any], capsys: Any) -> None:
+    assert evaluated["rc"] == 0
+    result = json.loads((evaluated["out"] / "evaluation.json").read_text())
+    overall = result["overall"]
+    for name in STATISTICS:
+        assert name in overall and f"{name}_low" in overall and f"{name}_high" in overall
+    assert overall["patients"] == 2  # 8 patients, 4 folds
+    assert 0.0 <= overall["segmenter_calls_saved"] <= 1.0
+    low, high = overall["segmenter_calls_saved_low"], overall["segmenter_calls_saved_high"]
+    assert low <= overall["segmenter_calls_saved"] <= high
+    fold = result["folds"][0]
+    assert fold["fold"] == 0 and fold["classifier_s"] > 0 and fold["segmenter_s"] > 0
+    assert 0.0 <= fold["threshold"] <= 1.0
+    rows = (evaluated["out"] / "patients.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("fold,patient")
+
+
+def test_mlflow_parent_fold_and_training_runs(evaluated: dict[str, Any]) -> None:
+    runs = evaluated["runs"]
+    ev = runs[runs["experiment"] == EXPERIMENT]
+    parents = ev[ev["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1 and (ev["status"] == "FINISHED").all()
+    parent = parents["run_id"].iloc[0]
+    folds = ev[ev["tags.mlflow.parentRunId"] == parent]
+    assert len(folds) == 1
+    trainings = ev[ev["tags.mlflow.parentRunId"] == folds["run_id"].iloc[0]]
+    assert sorted(trainings["tags.stage"]) == ["classifier", "segmenter"]
+    # Fold models stay out of the registry; nothing lands in the ordinary training experiments.
+    assert not len(runs[runs["experiment"].isin(tracking.EXPERIMENTS.values())])
+    parent_run = tracking.get_run(parent)
+    assert "classifier_roc_auc_low" in parent_run["metrics"]
+    patients = tracking.load_table(parent, "patients")
+    assert len(patients) == 2
+    text = json.dumps([tracking.get_run(r) for r in ev["run_id"]], default=str)
+    text += patients.to_csv()
+    assert not PATIENT_KEY.search(text), "a patient key reached MLflow"
+
+
+def test_no_train_scores_given_models(evaluated: dict[str, Any], tmp_path: Path) -> None:
+    fold_dir = evaluated["out"] / "fold-0"
+    clf, seg = fold_dir / "classifier.keras", fold_dir / "segmenter.keras"
+    assert clf.exists() and seg.exists()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        out = tmp_path / "scored"
+        args = ["evaluate", str(evaluated["archive"]), "--out", str(out), "--no-train"]
+        args += ["--classifier", str(clf), "--segmenter", str(seg), "--n-boot", "50"]
+        args += ["--threshold", "0.5"]
+        assert main(args) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["overall"]["patients"] == 8
+    assert result["folds"][0]["threshold"] == 0.5
+    assert main(["evaluate", str(evaluated["archive"]), "--no-train", "--out", str(out)]) == 2
