@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from pipeline.errors import ArchiveError
+from pipeline.manifest import INDEX_NAME, LOCK_NAME, MANIFEST_NAME, SUMMARY_NAME
 from pipeline.safety import check_out_dir
 
 
@@ -32,11 +33,15 @@ def check_out_writable(out: Path) -> None:
     """`out` is a folder (or can be made one) that this user can write into.
 
     Raises:
-        CannotRunError: `out` is a file, or neither it nor its nearest existing parent is
-            writable.
+        CannotRunError: `out` is a file, neither it nor its nearest existing parent is writable,
+            or one of the run's own files there is a folder or a link (never written through).
     """
     if out.exists() and not out.is_dir():
         raise CannotRunError(f"--out {out} exists and is not a folder")
+    for name in (MANIFEST_NAME, SUMMARY_NAME, INDEX_NAME, LOCK_NAME):
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CannotRunError(f"{path} is not a file this tool wrote; move it out of --out")
     probe = out
     while not probe.exists():
         probe = probe.parent

@@ -87,6 +87,8 @@ def test_cli_refuses_overlap_before_writing(archive, models, how, capsys) -> Non
     [
         ("out is a file", "not a folder"),
         ("parent is a file", "not writable"),
+        ("summary.csv is a folder", "not a file this tool wrote"),
+        ("manifest is a link", "not a file this tool wrote"),
         ("unreachable dask", "cannot reach the Dask scheduler"),
         ("malformed dask", "not tcp://host:port"),
         ("wrong output shape", "output shape"),
@@ -102,6 +104,11 @@ def test_cannot_run_is_one_line_and_exit_2(archive, models, tmp_path, case, need
         out = tmp_path / "afile"
     elif case == "parent is a file":
         out = tmp_path / "afile" / "out"
+    elif case == "summary.csv is a folder":  # e.g. a patient folder of an older version
+        (out / "summary.csv").mkdir(parents=True)
+    elif case == "manifest is a link":
+        out.mkdir()
+        (out / "manifest.json").symlink_to(archive / "SYN_0001" / "SYN_0001_1.tif")
     elif case == "unreachable dask":
         extra = ["--dask-address", "tcp://127.0.0.1:9"]
     elif case == "malformed dask":
@@ -110,12 +117,14 @@ def test_cannot_run_is_one_line_and_exit_2(archive, models, tmp_path, case, need
         clf, seg = {"wrong output shape": ("wrong_shape", "seg"), "logits": ("logits", "seg"),
                     "sidecar size": ("clf", "seg_size"),
                     "segmenter as classifier": ("seg", "seg")}[case]  # fmt: skip
-    before = snapshot(archive)
+    before, out_before = snapshot(archive), snapshot(out) if out.is_dir() else None
     assert _cli(archive, out, models, *extra, clf=clf, seg=seg) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and needle in err, err
     assert snapshot(archive) == before
-    if out.is_dir():  # models are checked after the lock: no patient work, no report
+    if out_before is not None:
+        assert snapshot(out) == out_before
+    elif out.is_dir():  # models are checked after the lock: no patient work, no report
         assert {p.name for p in out.iterdir()} <= {".staging", ".triage.lock"}
 
 
