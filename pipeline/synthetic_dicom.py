@@ -47,6 +47,19 @@ def _plane_fields(lps: np.ndarray, k: int) -> tuple[list[str], list[str], list[s
     return [_ds(v) for v in ipp], [_ds(v) for v in iop], [_ds(row_step), _ds(col_step)]
 
 
+#: MR Image IOD attributes a scanner always writes (overridden by the header's own values).
+_MR_DEFAULTS: dict[str, Any] = {
+    "ScanningSequence": "SE",
+    "SequenceVariant": "NONE",
+    "ScanOptions": "",
+    "MRAcquisitionType": "2D",
+    "EchoTrainLength": 1,
+    "PatientPosition": "HFS",
+    "PositionReferenceIndicator": "",
+    "BodyPartExamined": "HEAD",
+}
+
+
 def _base(header: Mapping[str, Any], sop_class: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -57,7 +70,8 @@ def _base(header: Mapping[str, Any], sop_class: str) -> Dataset:
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "MR"
-    for key, value in header.items():
+    defaults = _MR_DEFAULTS if sop_class == MR_STORAGE else {}
+    for key, value in {**defaults, **header}.items():
         setattr(ds, key, value)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -105,7 +119,7 @@ def write_dicom_series(
     paths = []
     for k in range(depth):
         ds = _base(header, MR_STORAGE)
-        ds.ImageType = header.get("ImageType", ["ORIGINAL", "PRIMARY", "M", "NONE"])
+        ds.ImageType = header.get("ImageType", ["ORIGINAL", "PRIMARY", "OTHER"])
         ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = _plane_fields(lps, k)
         ds.SliceThickness = ds.SpacingBetweenSlices = thickness
         ds.InstanceNumber = instance_numbers[k] if instance_numbers else k + 1
@@ -224,6 +238,7 @@ def _localizer(folder: Path, ident: dict[str, Any], size: int) -> None:
     """Three single images in three orientations (a scout series, never a volume)."""
     header = {**ident, "SeriesInstanceUID": generate_uid(), "SeriesNumber": 1,
               "SeriesDescription": "localizer", "ProtocolName": "AAHead_Scout",
+              "EchoTime": 4, "RepetitionTime": 8,
               "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}  # fmt: skip
     for k, codes in enumerate((("L", "P", "S"), ("P", "S", "L"), ("L", "S", "A"))):
         affine = np.zeros((4, 4))
@@ -252,6 +267,7 @@ def write_dicom_study(
         flair = ti is not None
         if flair:
             header["InversionTime"] = ti
+            header["ScanningSequence"], header["EchoTrainLength"] = ["SE", "IR"], 16
             if i % 2:
                 affine = _rotation_x(10.0 + 3.0 * (i % 7)) @ affine  # 10-28 deg: still "axial"
         multi = flair and i % 3 == 2

@@ -41,6 +41,7 @@ def header(study: str | None = None, **fields: Any) -> dict[str, Any]:
         "SeriesDescription": "AX T2 FLAIR",
         "ProtocolName": "t2_flair_tra",
         "InversionTime": 2500,
+        "ScanningSequence": ["SE", "IR"],
         "EchoTime": 110,
     }
     return {**base, **fields}
