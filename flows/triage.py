@@ -1,16 +1,16 @@
 """The triage flow: screen every slice of an archive, segment the flagged ones, report per patient.
 
-Thin Prefect layer over `pipeline.inference.process_patient`: one task per patient, paths and small
-records in and out (never pixel arrays), threads by default or Dask with `--dask-address`. The flow
-holds the output folder's lock, skips patients the manifest says are done, writes the run's
-`summary.csv` / `index.html`, and logs one MLflow run (no patient keys in params, names or metrics).
+Decorators over `pipeline.run.run_triage`, which owns the run (checks, lock, index, manifest,
+reports, MLflow): the flow hands it a `map_fn` that submits one task per patient (small records in
+and out, never pixel arrays), on threads by default or Dask with `--dask-address`. The CLI handlers
+and the nightly deployment live here too.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +20,29 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import manifest
-from pipeline.inference import TriageSettings, process_patient, run_metrics
-from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
 from pipeline.preflight import check_dask_address, check_run_paths
 from pipeline.quality import DEFAULT_LIMITS, Limits
-from pipeline.report import DISCLAIMER, write_run_reports
-from pipeline.runtime import load_triage_runtime
-from pipeline.triage import bypass_warning, resolve_threshold
-
-EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
+from pipeline.run import (
+    EXIT_CANNOT_RUN,
+    EXIT_OK,
+    PatientJob,
+    RunOptions,
+    run_patient_job,
+    run_triage,
+)
 
 
 @task(name="triage-patient", cache_policy=NO_CACHE, retries=0)
-def triage_patient_task(
-    rows: list[dict[str, Any]],
-    out: str,
-    uris: dict[str, str | None],
-    settings: dict[str, Any],
-    previous: dict[str, Any] | None,
-    force: bool,
-) -> dict[str, Any]:
-    """One patient: its index rows in, its small summary record out (models cached per process)."""
-    import pandas as pd
-
-    s = TriageSettings(**settings)
-    models = s.load_models(uris["classifier"], uris["segmenter"])
-    return process_patient(pd.DataFrame(rows), Path(out), models, s, previous, force)
+def triage_patient_task(job: PatientJob) -> dict[str, Any]:
+    """One patient (`pipeline.run.run_patient_job`); the run name carries no patient key."""
+    return run_patient_job(job)
 
 
-def _log_mlflow(params: dict, metrics: dict, out_dir: Path, include: list[str]) -> str:
-    from pipeline.tracking import log_triage_run
-
-    return log_triage_run(params, metrics, out_dir, include=include)
+def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[dict[str, Any]]:
+    """`run_triage`'s `map_fn`: a task per patient on the flow's runner, records as they finish."""
+    futures = [triage_patient_task.submit(job) for job in jobs]
+    for future in as_completed(futures):
+        yield future.result()
 
 
 _DEFAULT_RUNNER: Any = ThreadPoolTaskRunner(max_workers=2)
@@ -75,112 +66,17 @@ def triage_flow(
     key_map: bool = False,
     limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
-    """Triage every patient of `archive` into `out`.
-
-    `threshold` None takes the classifier's logged operating point (`resolve_threshold`).
+    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per patient).
 
     Returns:
-        `{"exit_code", "metrics", "out", "summary_csv", "index_html", "run_id", "threshold",
-        "threshold_source", "warnings"}`.
-
-    Raises:
-        OutputLockedError: another run holds `out`.
-        ArchiveError, ValueError: the archive or a model cannot be opened at all.
+        `RunResult.as_dict()`: `{"exit_code", "metrics", "out", "summary_csv", "index_html",
+        "run_id", "threshold", "threshold_source", "warnings"}`.
     """
-    from pipeline.index import build_index, fingerprint
-
-    log = get_run_logger()
-    out_dir = check_run_paths(archive, out)  # before anything is written (pipeline.preflight)
-    with manifest.output_lock(out_dir):
-        manifest.clean_staging(out_dir)
-        index = build_index(archive, series_pattern, limits)
-        models = load_triage_runtime(
-            classifier, segmenter, batch, precision, runtime, ov_precision, threshold
-        )  # fail early
-        for note in models.notes:  # why a model did not run on OpenVINO
-            log.warning("%s", note)
-        threshold, source = resolve_threshold(threshold, models.classifier.info)
-        settings = TriageSettings(
-            threshold, min_component, batch, precision, runtime=runtime, ov_precision=ov_precision,
-            limits=limits,
-        )  # fmt: skip
-        log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
-        previous = manifest.load_manifest(out_dir)
-        start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
-        groups = list(index.table.groupby("patient", sort=True))
-        log.info("triaging %d patients, %d slices", len(groups), len(index.table))
-        futures = [
-            triage_patient_task.submit(
-                [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")],
-                str(out_dir),
-                {"classifier": classifier, "segmenter": segmenter},
-                settings.__dict__,
-                previous.get(str(patient)),
-                force,
-            )
-            for patient, rows in groups
-        ]
-        records = []
-        for fut in as_completed(futures):
-            rec = fut.result()
-            records.append(rec)
-            if rec["status"] == "done":
-                entry = done_entry(out_dir, rec, models.versions())
-                manifest.record_patient(out_dir, rec["patient"], entry)
-        seconds = time.perf_counter() - start
-        records, skipped = merge_index_errors(records, index.errors)
-        metrics = run_metrics(records, seconds)
-        metrics["files_skipped"] = float(len(index.errors))
-        warnings = [
-            w
-            for w in [bypass_warning(int(metrics["slices_segmented"]), int(metrics["slices"]))]
-            if w
-        ]
-        for warning in warnings:
-            log.warning(warning)
-        info = {
-            "threshold": threshold,
-            "threshold_source": source,
-            "models": models.versions(),
-            "notice": DISCLAIMER,
-        }
-        csv_path, index_path = write_run_reports(out_dir, records, info, skipped)
-        if key_map:  # DICOM pseudonym -> StudyInstanceUID, only on request, only in `out`
-            from pipeline.dicom_case import write_key_map
-
-            write_key_map(out_dir, index.table)
-    failed = int(metrics["failures"]) + len(index.errors)
-    log.info(
-        "%d patients (%d done, %d skipped as already done, %d failed), %.1f slices/s",
-        int(metrics["patients"]), int(metrics["patients_done"]),
-        int(metrics["patients_skipped"]), int(metrics["failures"]), metrics["slices_per_s"],
+    options = RunOptions(
+        classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
+        ov_precision, series_pattern, key_map, limits,
     )  # fmt: skip
-    run_id = None
-    if track:
-        params = {
-            "classifier_version": models.versions()["classifier"],
-            "segmenter_version": models.versions()["segmenter"],
-            "threshold": threshold,
-            "threshold_source": source,
-            "min_component": min_component,
-            "precision": models.precision,
-            "runtime_classifier": models.runtimes.get("classifier", "tf"),
-            "runtime_segmenter": models.runtimes.get("segmenter", "tf"),
-            "batch": batch,
-            "archive_fingerprint": fingerprint(index.table),
-        }
-        run_id = _log_mlflow(params, metrics, out_dir, own_outputs(records))
-    return {
-        "exit_code": EXIT_FAILURES if failed else EXIT_OK,
-        "metrics": metrics,
-        "out": str(out_dir),
-        "summary_csv": str(csv_path),
-        "index_html": str(index_path),
-        "run_id": run_id,
-        "threshold": threshold,
-        "threshold_source": source,
-        "warnings": warnings,
-    }
+    return run_triage(archive, out, options, _submit_each, get_run_logger()).as_dict()
 
 
 def make_task_runner(dask_address: str | None, workers: int = 2, processes: bool = True) -> Any:
@@ -212,6 +108,11 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "series_pattern": getattr(args, "series_pattern", None),
         "key_map": getattr(args, "write_key_map", False),
         "limits": limits_of(args),
+        "postprocess": {
+            k: getattr(args, k)
+            for k in ("lone_slice_area", "min_volume", "tta")
+            if getattr(args, k, None) is not None
+        },
     }
 
 

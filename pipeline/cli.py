@@ -231,6 +231,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-volume", type=int, help="3-D post-processing: drop components below N voxels (100)"
     )
+    p.add_argument("--tta", action="store_true", help="segment each slice and its mirror, average")
     _handler(p, "pipeline.evaluate:cli_evaluate")
 
 
@@ -273,6 +274,25 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
 
 def _add_triage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
+    p.add_argument(
+        "--lone-slice-area",
+        type=int,
+        default=None,
+        help="drop 3-D mask components seen on one slice only below this area (pixels of a "
+        "256x256 slice, scaled to the image; default 200; 0 keeps them)",
+    )
+    p.add_argument(
+        "--min-volume",
+        type=int,
+        default=None,
+        help="drop 3-D mask components below this many voxels (same scaling; default 100)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="segment each flagged slice and its left-right mirror and average (2x segmenter work)",
+    )
     p.add_argument("--batch", type=int, default=16, help="slices per model call")
     p.add_argument("--precision", default="float32", choices=PRECISIONS)
     _add_series_pattern(p)

@@ -436,7 +436,11 @@ def cli_evaluate(args: Any) -> int:
         segmenter_options=stage_options(args.segmenter_size, args.segmenter_epochs),
         triage_options={
             k: v
-            for k, v in (("lone_slice_area", args.lone_slice_area), ("min_volume", args.min_volume))
+            for k, v in (
+                ("lone_slice_area", args.lone_slice_area),
+                ("min_volume", args.min_volume),
+                ("tta", True if args.tta else None),
+            )
             if v is not None
         },
     )

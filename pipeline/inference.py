@@ -56,6 +56,8 @@ class TriageSettings:
         lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
             pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
         min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
+        tta: average the segmenter over the slice and its left-right mirror (twice the
+            segmenter's work).
         runtime: "tf", "openvino" or "auto" (`pipeline.runtime.load_triage_runtime`).
         ov_precision: OpenVINO precision "f32", "bf16", "int8" or "auto" (fastest verified).
         limits: input size limits (`pipeline.quality.Limits`), checked from headers on load.
@@ -68,6 +70,7 @@ class TriageSettings:
     montage_max: int = 48
     lone_slice_area: int = DEFAULT_LONE_SLICE_AREA
     min_volume: int = DEFAULT_MIN_VOLUME
+    tta: bool = False
     runtime: str = "tf"
     ov_precision: str = "auto"
     limits: Limits = DEFAULT_LIMITS
@@ -102,6 +105,7 @@ class TriageSettings:
             "min_component": self.min_component,
             "lone_slice_area": self.lone_slice_area,
             "min_volume": self.min_volume,
+            "tta": self.tta,
         }
 
 
@@ -328,7 +332,10 @@ def triage_patient(
     if flagged.any():
         same = seg.preprocess == clf.preprocess
         xs = x[flagged] if same else patient_inputs(ps.images, seg.preprocess)[flagged]
-        masks = restore_masks(binarise(models.segment(xs)), (h, w))
+        prob = models.segment(xs)
+        if settings.tta:  # mirror left-right (axis 2 = width), segment, mirror back, average
+            prob = (prob + models.segment(xs[:, :, ::-1])[:, :, ::-1]) / 2.0
+        masks = restore_masks(binarise(prob), (h, w))
         pred[flagged] = remove_small_components(masks, settings.min_component)
         scale = h * w / REFERENCE_PIXELS
         pred = remove_isolated_3d(
