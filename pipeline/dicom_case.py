@@ -8,6 +8,7 @@ NIfTI file does, and the FLAIR is copied to the three channels (single-sequence 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,6 +149,20 @@ def _dicom_files(folder: str) -> list[str]:
     return sorted(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _scan_folder(folder: str, stamp: tuple[float, int]) -> dict[tuple[str, str], SeriesHeader]:
+    """Series headers under `folder`, cached per folder state: a flat export holding many studies
+    is scanned once per run, not once per patient (`stamp` = folder mtime and file count)."""
+    del stamp  # part of the cache key only
+    return scan_series(_dicom_files(folder))[0]
+
+
+def _series_in(folder: str) -> dict[tuple[str, str], SeriesHeader]:
+    files = _dicom_files(folder)
+    stamp = (max((os.path.getmtime(f) for f in files), default=0.0), len(files))
+    return _scan_folder(folder, stamp)
+
+
 def load_dicom_case(
     source: str | Path, series_uid: str, patient: str, rule: str = "",
     config: PreprocessConfig | None = None,
@@ -169,7 +184,7 @@ def load_dicom_case(
         ArchiveError: the series is gone or no longer usable.
     """
     cfg = config or PreprocessConfig()
-    series, _ = scan_series(_dicom_files(str(source)))
+    series = _series_in(str(source))
     found = [h for (_, uid), h in series.items() if uid == series_uid]
     if not found:
         raise ArchiveError(source, "indexed DICOM series not found any more; re-index")

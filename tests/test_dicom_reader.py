@@ -239,3 +239,22 @@ def test_header_keeps_no_identity(tmp_path: Path):
             and value not in ("AX T2 FLAIR", "t2_flair_tra")
         ):
             assert value not in text
+
+
+def test_flat_export_of_several_studies_in_one_folder(tmp_path: Path):
+    """All instances of all studies in one folder (a common PACS export), one of them sagittal."""
+    flat = tmp_path / "flat"
+    expected = {}
+    for n, codes in enumerate([("L", "P", "S"), ("P", "S", "R"), ("R", "A", "S")]):
+        stored, affine = grid(phantom(slices=6, size=24, seed=n), codes)
+        names = [f"IMG{n}_{k:03d}" for k in range(stored.shape[2])]
+        files = write_series(flat, stored, affine, names=names)
+        nifti = load_nifti_case(write_nifti(stored, affine, tmp_path / f"{n}.nii.gz"))
+        uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        expected[pseudonym(uid, SALT.encode())] = nifti
+    index = build_index(flat)
+    assert index.errors == [] and set(index.table["patient"]) == set(expected)
+    for key, rows in index.table.groupby("patient"):
+        ps = load_patient(rows)
+        want = np.transpose(expected[key].image, (2, 0, 1, 3))
+        np.testing.assert_allclose(ps.images, want, atol=1e-6)
