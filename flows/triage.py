@@ -65,6 +65,7 @@ def triage_flow(
     series_pattern: str | None = None,
     key_map: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    postprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per patient).
 
@@ -74,7 +75,7 @@ def triage_flow(
     """
     options = RunOptions(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
-        ov_precision, series_pattern, key_map, limits,
+        ov_precision, series_pattern, key_map, limits, dict(postprocess or {}),
     )  # fmt: skip
     return run_triage(archive, out, options, _submit_each, get_run_logger()).as_dict()
 

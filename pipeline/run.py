@@ -1,0 +1,234 @@
+"""One triage run, start to finish: `run_triage` owns it, whatever schedules the patients.
+
+Input checks (`pipeline.preflight`), the models (checked before anything is written), the output
+lock, the index, the manifest, the per-patient work, run metrics, the reports and the MLflow run
+all happen here, in this order. Patients are handed to `map_fn`: the Prefect flow passes one that
+submits its task per patient (threads or Dask); tests and scripts use `serial_map`. Nothing here
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import manifest
+from pipeline.inference import TriageSettings, process_patient, run_metrics
+from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
+from pipeline.postprocess import DEFAULT_MIN_COMPONENT
+from pipeline.preflight import check_run_paths
+from pipeline.quality import DEFAULT_LIMITS, Limits
+from pipeline.report import DISCLAIMER, write_run_reports
+from pipeline.triage import bypass_warning, resolve_threshold
+
+EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a triage run uses besides its archive and output folder (the flow's parameters).
+
+    Attributes:
+        classifier, segmenter: model URIs or `.keras` files; None = registered champion.
+        threshold: P(normal) at or above which a slice is normal; None = the classifier's logged
+            operating point (`pipeline.triage.resolve_threshold`).
+        force: redo patients the manifest says are done.
+        min_component, batch, precision, runtime, ov_precision, limits: see `TriageSettings`.
+        track: log one MLflow run.
+        series_pattern: DICOM FLAIR series rule (`build_index`).
+        key_map: DICOM: also write the pseudonym map into the output folder.
+        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`).
+    """
+
+    classifier: str | None = None
+    segmenter: str | None = None
+    threshold: float | None = None
+    force: bool = False
+    min_component: int = DEFAULT_MIN_COMPONENT
+    batch: int = 16
+    precision: str = "float32"
+    track: bool = True
+    runtime: str = "tf"
+    ov_precision: str = "auto"
+    series_pattern: str | None = None
+    key_map: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PatientJob:
+    """One patient's work: small, picklable, no pixels (what a task or Dask worker receives)."""
+
+    rows: list[dict[str, Any]]
+    out: str
+    uris: dict[str, str | None]
+    settings: dict[str, Any]
+    previous: dict[str, Any] | None
+    force: bool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run returns (`as_dict()` is the flow's return value)."""
+
+    exit_code: int
+    metrics: dict[str, float]
+    out: str
+    summary_csv: str
+    index_html: str
+    run_id: str | None
+    threshold: float
+    threshold_source: str
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+MapFn = Callable[[Sequence[PatientJob]], Iterable[dict[str, Any]]]
+
+
+def run_patient_job(job: PatientJob) -> dict[str, Any]:
+    """One patient: its index rows in, its small record out (models cached per process)."""
+    import pandas as pd
+
+    s = TriageSettings(**job.settings)
+    models = s.load_models(job.uris["classifier"], job.uris["segmenter"])
+    return process_patient(
+        pd.DataFrame(job.rows), Path(job.out), models, s, job.previous, job.force
+    )
+
+
+def serial_map(jobs: Sequence[PatientJob]) -> Iterator[dict[str, Any]]:
+    """Patients one after another in this process (no scheduler)."""
+    for job in jobs:
+        yield run_patient_job(job)
+
+
+def _mlflow_params(options: RunOptions, models: Any, threshold: float, source: str, table: Any):
+    from pipeline.index import fingerprint
+
+    return {
+        "classifier_version": models.versions()["classifier"],
+        "segmenter_version": models.versions()["segmenter"],
+        "threshold": threshold,
+        "threshold_source": source,
+        "min_component": options.min_component,
+        "precision": models.precision,
+        "runtime_classifier": models.runtimes.get("classifier", "tf"),
+        "runtime_segmenter": models.runtimes.get("segmenter", "tf"),
+        "batch": options.batch,
+        "archive_fingerprint": fingerprint(table),
+    }
+
+
+def run_triage(
+    archive: str | Path,
+    out: str | Path,
+    options: RunOptions = RunOptions(),
+    map_fn: MapFn = serial_map,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> RunResult:
+    """Triage every patient of `archive` into `out`.
+
+    Args:
+        archive: the archive root (never written).
+        out: the output folder (must not overlap the archive).
+        options: models, threshold and settings.
+        map_fn: runs the patients' jobs and yields their records as they finish.
+        log: where progress goes (no patient keys are ever logged).
+
+    Raises:
+        UnsafeOutputError, CannotRunError: `--out` overlaps the archive or is unusable, or a
+            model is incompatible (raised before anything is written).
+        OutputLockedError, OutputStateError: another run holds `out`, or its files are not ours.
+        ArchiveError, ValueError: the archive or a model cannot be opened at all.
+    """
+    from pipeline.index import build_index
+    from pipeline.runtime import load_triage_runtime
+
+    log = log or logging.getLogger(__name__)
+    o = options
+    out_dir = check_run_paths(archive, out)
+    models = load_triage_runtime(
+        o.classifier, o.segmenter, o.batch, o.precision, o.runtime, o.ov_precision, o.threshold
+    )  # before the lock: an incompatible model leaves no trace
+    for note in models.notes:  # why a model did not run on OpenVINO
+        log.warning("%s", note)
+    threshold, source = resolve_threshold(o.threshold, models.classifier.info)
+    settings = TriageSettings(
+        threshold, o.min_component, o.batch, o.precision, runtime=o.runtime,
+        ov_precision=o.ov_precision, limits=o.limits, **o.postprocess,
+    )  # fmt: skip
+    log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
+    with manifest.output_lock(out_dir):
+        manifest.clean_staging(out_dir)
+        index = build_index(archive, o.series_pattern, o.limits)
+        previous = manifest.load_manifest(out_dir)
+        start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
+        groups = list(index.table.groupby("patient", sort=True))
+        log.info("triaging %d patients, %d slices", len(groups), len(index.table))
+        jobs = [
+            PatientJob(
+                [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")],
+                str(out_dir),
+                {"classifier": o.classifier, "segmenter": o.segmenter},
+                dict(settings.__dict__),
+                previous.get(str(patient)),
+                o.force,
+            )
+            for patient, rows in groups
+        ]
+        records = []
+        for rec in map_fn(jobs):
+            records.append(rec)
+            if rec["status"] == "done":
+                entry = done_entry(out_dir, rec, models.versions())
+                manifest.record_patient(out_dir, rec["patient"], entry)
+        seconds = time.perf_counter() - start
+        records, skipped = merge_index_errors(records, index.errors)
+        metrics = run_metrics(records, seconds)
+        metrics["files_skipped"] = float(len(index.errors))
+        bypass = bypass_warning(int(metrics["slices_segmented"]), int(metrics["slices"]))
+        warnings = [bypass] if bypass else []
+        for warning in warnings:
+            log.warning(warning)
+        info = {
+            "threshold": threshold,
+            "threshold_source": source,
+            "models": models.versions(),
+            "notice": DISCLAIMER,
+        }
+        csv_path, index_path = write_run_reports(out_dir, records, info, skipped)
+        if o.key_map:  # DICOM pseudonym -> StudyInstanceUID, only on request, only in `out`
+            from pipeline.dicom_case import write_key_map
+
+            write_key_map(out_dir, index.table)
+    failed = int(metrics["failures"]) + len(index.errors)
+    log.info(
+        "%d patients (%d done, %d skipped as already done, %d failed), %.1f slices/s",
+        int(metrics["patients"]), int(metrics["patients_done"]),
+        int(metrics["patients_skipped"]), int(metrics["failures"]), metrics["slices_per_s"],
+    )  # fmt: skip
+    run_id = None
+    if o.track:
+        from pipeline.tracking import log_triage_run
+
+        params = _mlflow_params(o, models, threshold, source, index.table)
+        run_id = log_triage_run(params, metrics, out_dir, include=own_outputs(records))
+    return RunResult(
+        exit_code=EXIT_FAILURES if failed else EXIT_OK,
+        metrics=metrics,
+        out=str(out_dir),
+        summary_csv=str(csv_path),
+        index_html=str(index_path),
+        run_id=run_id,
+        threshold=threshold,
+        threshold_source=source,
+        warnings=warnings,
+    )
