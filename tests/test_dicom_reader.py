@@ -258,3 +258,35 @@ def test_flat_export_of_several_studies_in_one_folder(tmp_path: Path):
         ps = load_patient(rows)
         want = np.transpose(expected[key].image, (2, 0, 1, 3))
         np.testing.assert_allclose(ps.images, want, atol=1e-6)
+
+
+#: More files from the pydicom wheel: what each becomes (a volume, a clear error, or ignored).
+PYDICOM_VARIETY = {
+    "693_J2KI.dcm": "volume",  # CT, JPEG 2000 lossy
+    "MR_small_bigendian.dcm": "volume",
+    "JPEG-lossy.dcm": "without ImagePositionPatient",  # no patient geometry: not a volume
+    "JPGExtended.dcm": "without ImagePositionPatient",
+    "SC_rgb_jpeg.dcm": "without ImagePositionPatient",  # secondary capture
+    "JPEGLSNearLossless_16.dcm": "without StudyInstanceUID",
+    "examples_ybr_color.dcm": "multi-frame image without per-frame geometry",
+    "liver_1frame.dcm": "ignored",  # a DICOM SEG
+    "rtdose.dcm": "ignored",
+}
+
+
+@pytest.mark.parametrize("name", list(PYDICOM_VARIETY))
+def test_pydicom_wheel_header_variety(name: str):
+    want = PYDICOM_VARIETY[name]
+    series, errors = scan_series([get_testdata_file(name)])
+    if want == "ignored":
+        assert series == {} and errors == []
+        return
+    if errors:
+        assert want in errors[0]["reason"]
+        return
+    try:
+        volume = read_volume(check_series(next(iter(series.values()))))
+    except ArchiveError as exc:
+        assert want in exc.reason
+        return
+    assert want == "volume" and volume.ndim == 3 and np.isfinite(volume).all()
