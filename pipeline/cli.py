@@ -45,7 +45,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="index an archive: one row per slice, with a summary")
-    p.add_argument("archive", help="archive root (Kaggle LGG layout or NIfTI folders/files)")
+    p.add_argument("archive", help="archive root (Kaggle LGG layout, NIfTI folders/files, DICOM)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--csv", metavar="PATH", help="also write the per-slice table as CSV")
     _add_series_pattern(p)
@@ -111,8 +111,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
     t.add_argument("--runtimes", nargs="+", default=["tf", "openvino"], choices=["tf", "openvino"])
-    ov = ["f32", "bf16", "int8"]
-    t.add_argument("--ov-precisions", nargs="+", default=ov, choices=ov)
+    ov = ["f32", "bf16", "int8", "auto"]
+    t.add_argument(
+        "--ov-precisions", nargs="+", default=ov, choices=ov, help="auto: fastest verified one"
+    )
     _handler(t, "pipeline.bench_runtimes:cli_bench_triage")
 
 
