@@ -111,10 +111,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
     t.add_argument("--runtimes", nargs="+", default=["tf", "openvino"], choices=["tf", "openvino"])
-    ov = ["f32", "bf16", "int8", "auto"]
-    t.add_argument(
-        "--ov-precisions", nargs="+", default=ov, choices=ov, help="auto: fastest verified one"
-    )
+    ov = ["f32", "bf16", "int8"]
+    t.add_argument("--ov-precisions", nargs="+", default=ov, choices=ov)
     _handler(t, "pipeline.bench_runtimes:cli_bench_triage")
 
 
