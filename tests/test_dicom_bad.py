@@ -179,3 +179,19 @@ def test_series_pattern_picks_and_reports(tmp_path: Path):
     assert "--series-pattern" in rule and "t2 tse" in rule.lower()
     assert index.table["patient"].nunique() == 1  # the other study has no T2 TSE: reported
     assert any("no series matches --series-pattern" in e["reason"] for e in index.errors)
+
+
+def test_cli_index_series_pattern_and_json_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
+    import json
+
+    from pipeline import cli
+
+    root, files, bad_key = _archive(tmp_path)
+    _no_flair(files)
+    assert cli.main(["index", str(root), "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["patients"] == 1 and summary["errors"][0]["patient"] == bad_key
+    assert "TESTPERSON" not in json.dumps(summary) and "ZID4711" not in json.dumps(summary)
+    args = ["index", str(root), "--json", "--series-pattern", r"t2[_ ]tse|flair"]
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["patients"] == 2
