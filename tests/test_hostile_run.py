@@ -124,8 +124,8 @@ def test_cannot_run_is_one_line_and_exit_2(archive, models, tmp_path, case, need
     assert snapshot(archive) == before
     if out_before is not None:
         assert snapshot(out) == out_before
-    elif out.is_dir():  # models are checked after the lock: no patient work, no report
-        assert {p.name for p in out.iterdir()} <= {".staging", ".triage.lock"}
+    else:  # paths, Dask and models are all checked before anything is written
+        assert not out.exists()
 
 
 def test_changed_model_or_output_is_redone(archive, models, tmp_path) -> None:

@@ -1,0 +1,35 @@
+"""`pipeline.run.run_triage` without Prefect: the same run, patients one after another."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import triage_helpers as th
+
+from pipeline.run import RunOptions, run_triage, serial_map
+from pipeline.synthetic import write_synthetic_archive
+
+
+def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
+    archive = write_synthetic_archive(tmp_path / "a", 2, "kaggle", seed=6, slices=4, image_size=64)
+    (archive / "stray.tif").write_bytes(b"not a patient")  # a file of no patient
+    clf = th.save(th.bright_classifier(), tmp_path / "c.keras", "classifier")
+    seg = th.save(th.bright_segmenter(), tmp_path / "s.keras", "segmenter")
+    options = RunOptions(clf, seg, threshold=0.99, track=False)
+    with caplog.at_level(logging.INFO, logger="pipeline.run"):
+        result = run_triage(archive, tmp_path / "out", options, serial_map)
+    assert result.exit_code == 1 and result.metrics["patients_done"] == 2  # 1: the stray file
+    assert result.metrics["files_skipped"] == 1 and result.threshold_source == "--threshold"
+    page = Path(result.index_html).read_text()
+    assert "stray.tif" in page and "archive root" in page
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["patients"]
+    assert sorted(manifest) == ["SYN_0001", "SYN_0002"]
+    assert all(e["outputs"]["report.json"] for e in manifest.values())
+    assert "SYN_0001" not in caplog.text and "triaging 2 patients" in caplog.text
+    again = run_triage(archive, tmp_path / "out", options, serial_map)
+    assert again.metrics["patients_skipped"] == 2
+    with pytest.raises(ValueError, match="is the archive"):
+        run_triage(archive, archive, options, serial_map)
