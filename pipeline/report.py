@@ -201,6 +201,10 @@ def render_patient_html(report: Mapping[str, Any], montage_png: bytes | None) ->
         ("Uncertainty (1 = coin toss)", _fmt(s["uncertainty"])),
         ("Threshold on P(normal)", report["threshold"]),
     ]
+    if "series" in report:  # DICOM: which series was read, and why
+        series = report["series"]
+        facts.append(("DICOM series", f"{series['series_number']} {series['description']!r}"))
+        facts.append(("Series chosen by", series["selection"]))
     for stage, m in report["models"].items():
         facts.append((f"{stage} model", f"{m.get('uri', '')} (version {m.get('version', '?')})"))
     for name, value in report.get("metrics", {}).items():

@@ -147,6 +147,7 @@ def test_triage_on_dicom_archive_leaks_no_identity(tmp_path: Path, mlflow_uri: s
             rep["series"]["description"] == "AX T2 FLAIR" and "FLAIR" in rep["series"]["selection"]
         )
         assert sorted(p.suffix for p in path.parent.iterdir() if "_" in p.name) == [".dcm", ".gz"]
+        assert "Series chosen by" in (path.parent / "report.html").read_text()
     assert not (out / "pseudonym_map.csv").exists()
     texts = {"logs": logs.getvalue()}
     assert "triaging 3 patients" in texts["logs"]
