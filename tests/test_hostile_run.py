@@ -125,7 +125,7 @@ def test_cannot_run_is_one_line_and_exit_2(archive, models, tmp_path, case, need
     if out_before is not None:
         assert snapshot(out) == out_before
     else:  # paths, Dask and models are all checked before anything is written
-        assert not out.exists()
+        assert not out.is_dir()
 
 
 def test_changed_model_or_output_is_redone(archive, models, tmp_path) -> None:
