@@ -67,7 +67,7 @@ def bench_triage(
     archive: str,
     classifier: str | None,
     segmenter: str | None,
-    threshold: float = 0.99,
+    threshold: float | None = None,
     batch: int = 16,
     precision: str = "float32",
     loop_slices: int = 64,
@@ -77,8 +77,9 @@ def bench_triage(
 ) -> dict[str, Any]:
     """Run the three measurements and return the figures (no patient keys).
 
-    `runtime` / `ov_precision` choose the models' runtime (`pipeline.runtime`); the per-slice
-    loop is TF's `model.predict` (skipped with `loop_slices=0`, or when a model is not on TF).
+    `threshold` None = the classifier's operating point. `runtime` / `ov_precision` choose the
+    models' runtime (`pipeline.runtime`); the per-slice loop is TF's `model.predict` (skipped
+    with `loop_slices=0`, or when a model is not on TF).
 
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
@@ -92,11 +93,16 @@ def bench_triage(
     from pipeline.inference import TriageSettings, triage_patient
     from pipeline.io import load_patient
     from pipeline.preprocess import patient_inputs, prepare_batch
-    from pipeline.triage import route_slices
+    from pipeline.runtime import gate_p_normal, load_triage_runtime, model_temperature
+    from pipeline.triage import resolve_threshold, route_slices
 
+    models = load_triage_runtime(
+        classifier, segmenter, batch, precision, runtime, ov_precision, threshold
+    )
+    threshold = resolve_threshold(threshold, models.classifier.info)[0]  # as a triage run does
+    temperature = model_temperature(models.classifier.info)
     settings = TriageSettings(threshold, batch=batch, precision=precision, runtime=runtime,
                               ov_precision=ov_precision)  # fmt: skip
-    models = settings.load_models(classifier, segmenter)
     rss_start = _rss_mb()
     table = build_index(archive).table
     groups = [rows for _, rows in table.groupby("patient", sort=True)]
@@ -134,7 +140,8 @@ def bench_triage(
         ps = load_patient(rows, models.classifier.preprocess)
         x = patient_inputs(ps.images, models.classifier.preprocess)
         start = time.perf_counter()
-        flagged = route_slices(models.classify(x)[:, 0], threshold)
+        p_normal = gate_p_normal(models.classify(x)[:, 1], temperature)  # as triage routes
+        flagged = route_slices(p_normal, threshold)
         clf_s += time.perf_counter() - start
         if flagged.any():  # the segmenter's input is prepared outside the timed region
             pre = models.segmenter.preprocess

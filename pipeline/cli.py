@@ -104,15 +104,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("archive")
     t.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
     t.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
-    t.add_argument("--threshold", type=float, default=0.99)
+    t.add_argument("--threshold", type=float, default=None, help="default: operating point")
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--json", action="store_true")
     t.add_argument("--precision", default="float32", choices=PRECISIONS)
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
     t.add_argument("--runtimes", nargs="+", default=["tf", "openvino"], choices=["tf", "openvino"])
-    ov = ["f32", "bf16", "int8"]
-    t.add_argument("--ov-precisions", nargs="+", default=ov, choices=ov)
+    ov = ["f32", "bf16", "int8", "auto"]
+    t.add_argument(
+        "--ov-precisions", nargs="+", default=ov, choices=ov, help="auto: fastest verified one"
+    )
     _handler(t, "pipeline.bench_runtimes:cli_bench_triage")
 
 

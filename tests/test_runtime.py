@@ -251,3 +251,18 @@ print(json.dumps({{"tf": mods, "runtimes": m.runtimes, "slices": len(rep["slices
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["tf"] == [] and out["slices"] == 8
     assert out["runtimes"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
+
+
+def test_bench_runs_on_openvino_without_a_tf_loop(
+    tiny: dict[str, str], slices: SliceSets, archive: Path
+) -> None:
+    from pipeline.bench import bench_triage
+
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32",), batch=8)
+    r = bench_triage(str(archive), tiny["clf"], tiny["seg"], batch=8, runtime="openvino",
+                     ov_precision="f32", workers=2)  # fmt: skip
+    assert r["runtimes"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
+    assert r["slices"] == 48 and len(r["rss_mb_after_patient"]) == 6
+    assert r["per_slice_loop_s"] is None  # the per-slice loop is TF's: not run here
+    assert r["model_s"] > 0 and r["parity"]["segmenter"]["dice"] == 1.0
