@@ -191,6 +191,16 @@ def _file_digest(uri: str) -> str:
     return manifest.files_digest(files)[:12]
 
 
+def _cache_token(uri: str) -> str:
+    """What the model cache keys on besides the URI: a local file's content digest, or the
+    version a registry alias resolves to now (so a long-lived worker follows a moved alias)."""
+    if uri.startswith("models:/") and "@" in uri:
+        from pipeline.tracking import resolve_version
+
+        return resolve_version(uri)
+    return _file_digest(uri)
+
+
 def load_triage_models(
     classifier: str | None, segmenter: str | None, batch: int = 16, precision: str = "float32"
 ) -> TriageModels:
@@ -212,9 +222,11 @@ def load_triage_models(
         "classifier": classifier or DEFAULT_CLASSIFIER,
         "segmenter": segmenter or DEFAULT_SEGMENTER,
     }
-    # A local file is keyed on its bytes, so a model replaced in place is never served stale.
+    # A local file is keyed on its bytes and an alias on the version it points to now, so a
+    # model replaced in place or a moved `champion` is never served stale from the cache.
     digests = {kind: _file_digest(uri) for kind, uri in uris.items()}
-    key = (uris["classifier"], uris["segmenter"], *digests.values(), int(batch), precision)
+    tokens = [_cache_token(uri) for uri in uris.values()]  # an alias is resolved, never cached
+    key = (uris["classifier"], uris["segmenter"], *tokens, int(batch), precision)
     with _cache_lock:
         if key in _cache:
             return _cache[key]

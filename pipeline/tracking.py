@@ -414,6 +414,18 @@ def _version_of(uri: str) -> str:
     return ref
 
 
+def resolve_version(uri: str) -> str:
+    """The registry version an alias points to now (`models:/name@champion` -> "name/3"); other
+    URIs as given. Raises `ValueError` when MLflow cannot resolve it."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    configure_tracking()
+    try:
+        return _version_of(uri)
+    except MlflowException as exc:
+        raise ValueError(f"cannot resolve model {uri!r}: {exc.message}") from exc
+
+
 def load_model(uri_or_path: str) -> LoadedModel:
     """Load a model for inference from `models:/name@alias`, `models:/name/N`, `runs:/<id>/model` or
     a local `.keras` file (config from the sidecar `<file>.json`; inferred from shapes when absent).

@@ -33,3 +33,21 @@ def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
     assert again.metrics["patients_skipped"] == 2
     with pytest.raises(ValueError, match="is the archive"):
         run_triage(archive, archive, options, serial_map)
+
+
+def test_a_moved_champion_is_never_served_from_the_cache(tmp_path: Path, mlflow_uri: str) -> None:
+    from pipeline import tracking
+    from pipeline.inference import load_triage_models
+    from pipeline.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(image_size=th.SIZE)
+    for cut in (0.8, 0.7):  # two registered classifier versions
+        with tracking.start_run("mri-triage-classifier", f"cut-{cut}") as run_id:
+            tracking.log_keras_model(run_id, th.bright_classifier(cut=cut), "classifier", pre)
+    seg = th.save(th.bright_segmenter(), tmp_path / "s.keras", "segmenter")
+    client = tracking.MlflowClient()
+    name, uri = "mri-triage-classifier", "models:/mri-triage-classifier@champion"
+    client.set_registered_model_alias(name, "champion", "1")
+    assert load_triage_models(uri, seg).versions()["classifier"] == f"{name}/1"
+    client.set_registered_model_alias(name, "champion", "2")  # a long-lived worker sees the move
+    assert load_triage_models(uri, seg).versions()["classifier"] == f"{name}/2"
