@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.manifest import INDEX_NAME, SUMMARY_NAME, atomic_write_text
 from pipeline.safety import csv_cell, display_text, output_name
+from pipeline.triage import ROUTE_SEGMENTED, final_labels, route_names, uncertainty
 
 DISCLAIMER = (
     "Research use only, not a medical device. Findings must be reviewed by a qualified reader."
@@ -66,14 +67,16 @@ def slice_records(
         in-plane spacing is unknown) and, with ground truth, `gt_pixels`.
     """
     pixel_mm2 = _finite(float(spacing[0]) * float(spacing[1]))
+    routes = route_names(flagged)  # the rule lives in pipeline.triage, not here
+    tumour = final_labels(flagged, mask_pixels)
     out = []
     for i, k in enumerate(slices):
         px = int(mask_pixels[i])
         rec: dict[str, Any] = {
             "slice": int(k),
             "p_tumour": _finite(1.0 - float(p_normal[i])),
-            "route": "segmented" if flagged[i] else "normal",
-            "tumour": bool(flagged[i] and px > 0),
+            "route": routes[i],
+            "tumour": bool(tumour[i]),
             "mask_pixels": px,
             "mask_mm2": None if pixel_mm2 is None else round(px * pixel_mm2, 3),
         }
@@ -98,14 +101,14 @@ def patient_summary(records: Sequence[Mapping[str, Any]], spacing: Sequence[floa
     largest = max(tumour, key=lambda r: r["mask_pixels"]) if tumour else None
     return {
         "slices": len(records),
-        "flagged_slices": [r["slice"] for r in records if r["route"] == "segmented"],
+        "flagged_slices": [r["slice"] for r in records if r["route"] == ROUTE_SEGMENTED],
         "tumour_slices": [r["slice"] for r in tumour],
         "tumour_found": bool(tumour),
         "tumour_pixels": pixels,
         "volume_ml": None if voxel_ml is None else round(pixels * voxel_ml, 3),
         "largest_slice": None if largest is None else largest["slice"],
         "max_p_tumour": max(p) if p else None,
-        "uncertainty": max((1.0 - abs(2.0 * x - 1.0) for x in p), default=0.0),
+        "uncertainty": uncertainty(np.asarray(p, dtype=np.float64)),  # symmetric in p
     }
 
 
