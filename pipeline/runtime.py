@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -436,15 +436,10 @@ def load_triage_runtime(
         "classifier": classifier or DEFAULT_CLASSIFIER,
         "segmenter": segmenter or DEFAULT_SEGMENTER,
     }
-    key = (
-        "ov",
-        uris["classifier"],
-        uris["segmenter"],
-        int(batch),
-        precision,
-        ov_precision,
-        threshold,
-    )
+    # Keyed on each model's digest (a local file's bytes, a registry version resolved now), so a
+    # model replaced in place or a moved alias is never served stale by a long-lived worker.
+    digests = tuple(model_digest(uri)[1] for uri in uris.values())
+    key = ("ov", *uris.values(), *digests, int(batch), precision, ov_precision, threshold)
     with _cache_lock:
         if key not in _cache:
             models = _load_openvino(uris, batch, precision, ov_precision, threshold)
@@ -459,12 +454,24 @@ _cache: dict[tuple, Any] = {}
 _cache_lock = threading.Lock()
 
 
+def _same_version_as_tf(choice: OvChoice, uri: str) -> OvChoice:
+    """A local file's version carries its content digest on TF (`load_triage_models`); the same
+    here, so the manifest key of a patient does not depend on the runtime."""
+    from pipeline.inference import _file_digest  # the one place of that rule
+
+    digest = _file_digest(uri)
+    if choice.card is None or not digest:
+        return choice
+    return replace(choice, card=replace(choice.card, version=f"{choice.card.version}#{digest}"))
+
+
 def _load_openvino(
     uris: dict[str, str], batch: int, precision: str, ov_precision: str, threshold: float | None
 ) -> Any:
     from pipeline.inference import TriageModels, load_triage_models
 
     choices = {kind: choose_export(uri, ov_precision, threshold) for kind, uri in uris.items()}
+    choices = {kind: _same_version_as_tf(c, uris[kind]) for kind, c in choices.items()}
     notes = []
     for kind, choice in choices.items():
         if choice.card is None:

@@ -154,10 +154,12 @@ def test_broken_conversion_is_refused_and_tf_used(tiny: dict[str, str], slices: 
 
 
 def test_cached_export_reused_and_invalidated_by_new_model(
-    tmp_path: Path, slices: SliceSets
+    tmp_path: Path, slices: SliceSets, tiny: dict[str, str]
 ) -> None:
     path = th.save(th.bright_segmenter(), tmp_path / "seg.keras", "segmenter")
+    export_model(tiny["clf"], slices, ("f32",), batch=8)
     first = export_model(path, slices, ("f32",), batch=8)[0]
+    before = runtime.load_triage_runtime(tiny["clf"], path, 8, runtime="openvino")
     again = export_model(path, slices, ("f32",), batch=8)[0]
     assert (first["status"], again["status"]) == ("exported", "cached")
     assert first["folder"] == again["folder"]
@@ -165,6 +167,10 @@ def test_cached_export_reused_and_invalidated_by_new_model(
     newer = export_model(path, slices, ("f32",), batch=8)[0]
     assert newer["status"] == "exported" and newer["folder"] != first["folder"]
     assert runtime.choose_export(path, "f32", 0.99).xml == Path(newer["folder"]) / "model.xml"
+    after = runtime.load_triage_runtime(tiny["clf"], path, 8, runtime="openvino")
+    assert after is not before  # the process cache follows the file's content
+    assert after.segmenter.version != before.segmenter.version
+    assert after.segmenter.version.startswith("seg.keras#")
 
 
 def test_registry_versions_have_their_own_exports(mlflow_uri: str, slices: SliceSets) -> None:
@@ -217,6 +223,8 @@ def test_runtime_switch_same_routing_and_masks(
         a = json.loads(rep_tf.read_text())
         b = json.loads((outs["openvino"] / rep_tf.parent.name / "report.json").read_text())
         assert b["models"]["classifier"]["runtime"].startswith("openvino")
+        for kind in ("classifier", "segmenter"):  # the manifest key does not depend on runtime
+            assert a["models"][kind]["version"] == b["models"][kind]["version"]
         assert [s["route"] for s in a["slices"]] == [s["route"] for s in b["slices"]]
         pa = np.array([s["p_tumour"] for s in a["slices"]], float)
         pb = np.array([s["p_tumour"] for s in b["slices"]], float)
