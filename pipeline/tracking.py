@@ -317,7 +317,7 @@ def log_keras_model(
     )
     name = REGISTERED_MODELS[kind]
     model_info = mlflow.keras.log_model(
-        model,
+        without_optimizer(model),
         name=MODEL_ARTIFACT,
         signature=_signature(model),
         metadata=config,
@@ -486,6 +486,17 @@ def model_reference(uri: str) -> tuple[str, bytes]:
         raise ValueError(f"cannot resolve model {uri!r}: {exc.message}") from exc
 
 
+def without_optimizer(model: Any) -> Any:
+    """An uncompiled copy of `model` with the same weights, so a saved file holds no optimizer
+    state (Adam's two moments triple a ResNet50 file; triage never resumes training)."""
+    if not getattr(model, "compiled", False):
+        return model
+    # From the architecture config alone (no compile config, unlike `keras.models.clone_model`).
+    clone = model.__class__.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, **info: Any) -> Path:
     """Save `model` as `<path>.keras` plus the sidecar `<path>.json` (`{"kind", "preprocess"}`).
 
@@ -496,7 +507,7 @@ def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, *
     if path.suffix != ".keras":
         path = path.with_suffix(".keras")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    without_optimizer(model).save(path)
     config = {"kind": kind, "preprocess": _preprocess_dict(preprocess), **info}
     path.with_suffix(".json").write_text(json.dumps(config, indent=2, default=str))
     return path
