@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,8 @@ class ParityRecord:
         if self.slices < 1:
             return "no parity slices were measured"
         if self.kind == "classifier":
+            if len(self.p_tumour_tf) != self.slices or len(self.p_tumour_ov) != self.slices:
+                return "the parity record lacks per-slice P(tumour) (export again with --force)"
             flips = self.gate_flips(threshold, temperature)
             if flips > policy.max_gate_flips:
                 return (
@@ -138,7 +140,8 @@ class ParityRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParityRecord:
-        d = dict(data)
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in data.items() if k in known}  # records of other versions load too
         for key in ("p_tumour_tf", "p_tumour_ov"):
             d[key] = tuple(float(v) for v in d.get(key, ()))
         d["dice"] = float("nan") if d.get("dice") is None else float(d["dice"])
@@ -373,7 +376,11 @@ def choose_export(
         if record is None:
             reasons.append(f"{p}: no export in {folder}")
             continue
-        parity = ParityRecord.from_dict(record["parity"])
+        try:
+            parity = ParityRecord.from_dict(record["parity"])
+        except (KeyError, TypeError, ValueError) as exc:
+            reasons.append(f"{p}: unreadable export record in {folder} ({exc!r})")
+            continue
         at = resolve_threshold(threshold, record.get("info"))[0]
         temp = model_temperature(record.get("info"))
         refused = parity.refusal(at, policy, temp)

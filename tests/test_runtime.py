@@ -77,6 +77,13 @@ def test_gate_flips_use_the_classifier_temperature() -> None:
     assert rec.gate_flips(0.9999, temperature=0.5) == 1
 
 
+def test_classifier_record_without_per_slice_values_is_refused() -> None:
+    old = {"kind": "classifier", "precision": "int8", "slices": 3, "max_abs_diff": 0.0,
+           "p_normal_tf": [0.9, 0.9, 0.9], "p_normal_ov": [0.9, 0.9, 0.9]}  # fmt: skip
+    rec = runtime.ParityRecord.from_dict(old)  # an older record's unknown fields are ignored
+    assert "export again" in (rec.refusal(0.99) or "")
+
+
 def test_segmenter_refused_below_dice() -> None:
     ok = runtime.ParityRecord("segmenter", "bf16", 10, 0.01, dice=0.995)
     bad = runtime.ParityRecord("segmenter", "int8", 10, 0.2, dice=0.95)
