@@ -9,8 +9,6 @@ it is written only to the output folder and never logged to MLflow (`pipeline.tr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +112,7 @@ def write_dicom_seg(native_mask: np.ndarray, source: Any, path: str | Path) -> P
         omit_empty_frames=False,
     )
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=out.parent)
-    os.close(fd)
-    try:
-        seg.save_as(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from pipeline.manifest import atomic_write
+
+    atomic_write(out, seg.save_as)
     return out

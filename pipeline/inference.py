@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import manifest, report
+from pipeline import manifest, report, viewer
 from pipeline.calibration import apply_temperature
 from pipeline.postprocess import (
     DEFAULT_LONE_SLICE_AREA,
@@ -52,7 +52,7 @@ class TriageSettings:
         min_component: smallest kept mask component, in native pixels.
         batch: slices per model call.
         precision: Keras dtype policy for inference, or "auto" (bf16 on CPUs with native bf16).
-        montage_max: most flagged slices drawn in a report's montage (the most suspicious ones).
+        montage_max: unused since reports show every slice in a viewer (kept for callers).
         lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
             pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
         min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
@@ -304,17 +304,6 @@ def _gt_metrics(
     }
 
 
-def _montage(images: np.ndarray, pred: np.ndarray, recs: list[dict], cap: int) -> bytes:
-    idx = [i for i, r in enumerate(recs) if r["route"] == "segmented"]
-    if len(idx) > cap:  # keep the most suspicious, shown in slice order
-        idx = sorted(sorted(idx, key=lambda i: -(recs[i]["p_tumour"] or 0.0))[:cap])
-    captions = [
-        f"{recs[i]['slice']}  P(t)={recs[i]['p_tumour']:.2f}  {recs[i]['mask_pixels']}px"
-        for i in idx
-    ]
-    return report.overlay_montage(images[idx, :, :, 1], pred[idx], captions)
-
-
 def triage_patient(
     rows: pd.DataFrame, out_dir: Path, models: TriageModels, settings: TriageSettings
 ) -> dict[str, Any]:
@@ -383,13 +372,19 @@ def triage_patient(
     rep["output"] = name
     stage = manifest.staging_dir(out_dir, name)
     rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name)]
-    png = _montage(ps.images, pred, recs, settings.montage_max)
+    flair = ps.images[:, :, :, 1]  # channel 1 = FLAIR; every slice goes into the viewer
+    view = viewer.viewer_data(flair, pred, ps.masks, recs)
+    big = rep["summary"]["largest_slice"]
+    i = recs.index(next(r for r in recs if r["slice"] == big)) if big is not None else n // 2
+    gt_i = None if ps.masks is None else ps.masks[i]
+    (stage / viewer.THUMB_NAME).write_bytes(viewer.thumbnail(flair[i], pred[i], gt_i))
     t["write"] = time.perf_counter()
     steps = ["start", "load", "classify", "segment", "write"]
     rep["timings_s"] = {b: round(t[b] - t[a], 4) for a, b in itertools.pairwise(steps)}
     rep["timings_s"]["total"] = round(t["write"] - t["start"], 4)
     (stage / "report.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
-    (stage / "report.html").write_text(report.render_patient_html(rep, png), encoding="utf-8")
+    page = report.render_patient_html(rep, None, view)
+    (stage / "report.html").write_text(page, encoding="utf-8")
     manifest.commit_dir(stage, out_dir / name)
     return rep
 
@@ -421,7 +416,8 @@ def process_patient(
         if not force and manifest.is_done(prev, out_dir, patient, key, name):
             rep = json.loads((out_dir / name / "report.json").read_text(encoding="utf-8"))
             return {**_record(rep), "status": "skipped", "key": key}
-        return {**_record(triage_patient(rows, out_dir, models, settings)), "key": key}
+        rec = _record(triage_patient(rows, out_dir, models, settings))
+        return {**rec, "key": key, "change": "changed" if previous else "new"}
     except Exception as exc:  # one bad patient must not stop the archive
         return {"patient": patient, "output": name, "status": "failed", "reason": clean_reason(exc)}
 

@@ -9,7 +9,7 @@ index rows of one patient (`pipeline.index.build_index`) and returns pixels in m
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,17 +112,11 @@ def read_kaggle_mask(
     return pixels > 0
 
 
-def _atomic_write(path: Path, write: object) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, leaving nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)  # type: ignore[operator]
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """`pipeline.manifest.atomic_write` (the package's one atomic-write helper)."""
+    from pipeline.manifest import atomic_write
+
+    atomic_write(path, write)
 
 
 def write_tif_mask(mask: np.ndarray, path: str | Path) -> Path:

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ LOCK_NAME = ".triage.lock"
 STAGING_NAME = ".staging"
 SUMMARY_NAME = "summary.csv"
 INDEX_NAME = "index.html"
+WORKLIST_NAME = "worklist.js"  # run details and worklist order, for the reports' navigation
 #: Names the run itself owns in `OUT/` (lower case): no patient folder may take one of them.
 RUN_FILES = frozenset(n.lower() for n in (MANIFEST_NAME, LOCK_NAME, STAGING_NAME, SUMMARY_NAME,
-                                          INDEX_NAME))  # fmt: skip
+                                          INDEX_NAME, WORKLIST_NAME))  # fmt: skip
 _MANIFEST_VERSION = 1
 _manifest_guard = threading.Lock()
 
@@ -76,18 +77,28 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
         os.close(fd)  # closing releases the flock
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary sibling, fsync it, then `os.replace` it onto `path`."""
+def atomic_write(path: Path, write: Callable[[str], object]) -> Path:
+    """Call `write(tmp)` on a temporary sibling, fsync it, then `os.replace` it onto `path`.
+
+    The one atomic-write helper of the package (reports, masks, NIfTI, DICOM SEG). The sibling
+    keeps `path`'s suffixes (writers pick formats by them) and is created by the writer, so the
+    file gets the user's umask (e.g. 0644), not `mkstemp`'s 0600: a team can share the outputs.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(str(tmp))
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write` of bytes."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -9,9 +9,7 @@ canonical grid maps back voxel for voxel onto the stored grid and affine.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,13 +342,7 @@ def write_nifti_mask(
     image.header.set_data_dtype(np.uint8)
     image.header.set_xyzt_units("mm")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from pipeline.manifest import atomic_write
+
+    atomic_write(path, lambda tmp: nib.save(image, tmp))
     return path

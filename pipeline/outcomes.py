@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import INDEX_NAME, MANIFEST_NAME, SUMMARY_NAME, output_hashes
+from pipeline.manifest import (
+    INDEX_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    WORKLIST_NAME,
+    output_hashes,
+)
 from pipeline.safety import output_name
 
 _MAX_REASON = 2000
@@ -82,4 +88,4 @@ def own_outputs(records: Sequence[Mapping[str, Any]]) -> list[str]:
         for r in records
         if r.get("status") in ("done", "skipped")
     ]
-    return [SUMMARY_NAME, INDEX_NAME, MANIFEST_NAME, *sorted(set(folders))]
+    return [SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME, MANIFEST_NAME, *sorted(set(folders))]

@@ -11,6 +11,7 @@ import base64
 import csv
 import functools
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import jinja2
 import numpy as np
 from PIL import Image
 
-from pipeline.manifest import INDEX_NAME, SUMMARY_NAME, atomic_write_text
+from pipeline.manifest import INDEX_NAME, SUMMARY_NAME, WORKLIST_NAME, atomic_write_text
 from pipeline.safety import csv_cell, display_text, output_name
 from pipeline.triage import ROUTE_SEGMENTED, final_labels, route_names, uncertainty
 
@@ -190,36 +191,74 @@ def _render(template: str, title: str, **context: Any) -> str:
     return page.render(title=display_text(title), disclaimer=DISCLAIMER, **context)
 
 
-def render_patient_html(report: Mapping[str, Any], montage_png: bytes | None) -> str:
-    """Self-contained HTML page for one patient (the montage is embedded as base64 PNG)."""
+def _model_name(m: Mapping[str, Any]) -> str:
+    """`mri-triage-classifier v3 (champion)` from a report's model entry, else its file name."""
+    uri, version = str(m.get("uri") or ""), str(m.get("version", "?"))
+    if uri.startswith("models:/"):
+        name, _, alias = uri[len("models:/") :].partition("@")
+        name = name.split("/")[0]
+        return f"{name} v{version}" + (f" ({alias})" if alias else "")
+    return f"{Path(uri).name or 'champion'} (version {version})"
+
+
+def _ground_truth_facts(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Figures against the archive's masks; a tumour-free patient gets words, not "Dice 1.000"."""
+    metrics = report.get("metrics")
+    if not metrics:
+        return []
+    if not metrics.get("gt_tumour_slices"):
+        found = report["summary"]["tumour_slices"]
+        verdict = f"found on {len(found)} slices (false positive)" if found else "none found"
+        return [("vs ground truth", f"no tumour in the ground-truth masks; tumour {verdict}")]
+    return [(f"vs ground truth: {name}", _fmt(value)) for name, value in metrics.items()]
+
+
+def render_patient_html(
+    report: Mapping[str, Any],
+    montage_png: bytes | None,
+    viewer: Mapping[str, Any] | None = None,
+) -> str:
+    """Self-contained HTML page for one patient.
+
+    Args:
+        report: the `report.json` content.
+        montage_png: flagged-slice montage, shown only when there is no `viewer`.
+        viewer: `pipeline.viewer.viewer_data` (every slice, outlines), embedded as JSON.
+    """
+    from pipeline.viewer import review_lists
+
     s = report["summary"]
+    threshold = float(report["threshold"])
     facts: list[tuple[str, Any]] = [
-        ("Slices", s["slices"]),
-        ("Flagged by the classifier (segmented)", len(s["flagged_slices"])),
-        ("Slices with tumour", ", ".join(map(str, s["tumour_slices"])) or "none"),
         ("Tumour found", "yes" if s["tumour_found"] else "no"),
-        ("Tumour area (pixels)", s["tumour_pixels"]),
         ("Tumour volume (mL)", _fmt(s["volume_ml"])),
+        ("Slices with tumour", ", ".join(map(str, s["tumour_slices"])) or "none"),
         ("Largest slice", _fmt(s["largest_slice"])),
+        ("Highest P(tumour)", _fmt(s["max_p_tumour"])),
+        ("Slices", s["slices"]),
+        ("Segmented (P(tumour) above the cut)", len(s["flagged_slices"])),
+        ("Tumour area (pixels)", s["tumour_pixels"]),
         ("Uncertainty (1 = coin toss)", _fmt(s["uncertainty"])),
-        ("Threshold on P(normal)", report["threshold"]),
+        ("Slices segmented above P(tumour)", _fmt(1.0 - threshold, 4)),
     ]
     if "series" in report:  # DICOM: which series was read, and why
         series = report["series"]
         facts.append(("DICOM series", f"{series['series_number']} {series['description']!r}"))
         facts.append(("Series chosen by", series["selection"]))
     for stage, m in report["models"].items():
-        facts.append((f"{stage} model", f"{m.get('uri', '')} (version {m.get('version', '?')})"))
-    for name, value in report.get("metrics", {}).items():
-        facts.append((f"vs ground truth: {name}", _fmt(value)))
+        facts.append((f"{stage.capitalize()} model", _model_name(m)))
+    facts.extend(_ground_truth_facts(report))
     b64 = None
-    if montage_png is not None and s["flagged_slices"]:
+    if viewer is None and montage_png is not None and s["flagged_slices"]:
         b64 = base64.b64encode(montage_png).decode("ascii")
     return _render(
         "report.html",
         f"Triage report: {report['patient']}",
         facts=[(display_text(str(k)), display_text(str(v))) for k, v in facts],
         montage_b64=b64,
+        viewer=viewer,
+        review=review_lists(report["slices"]),
+        has_gt="metrics" in report,
         slices=report["slices"],
     )
 
@@ -273,6 +312,25 @@ def summary_csv(records: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+_CHANGE = {"new": "new", "changed": "changed", "skipped": "unchanged"}
+
+
+def _run_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Readable `label: value` lines for the top of the worklist (the notice is shown once)."""
+    labels = {"date": "Run date", "archive": "Archive", "threshold_source": "Threshold source"}
+    lines: list[tuple[str, str]] = []
+    for key, value in run_info.items():
+        if key == "notice":
+            continue
+        if key == "threshold":
+            lines.append(("Slices segmented above P(tumour)", _fmt(1.0 - float(value), 4)))
+        elif key == "models" and isinstance(value, Mapping):
+            lines.extend((f"{k.capitalize()} model", str(v)) for k, v in value.items())
+        else:
+            lines.append((labels.get(key, key.replace("_", " ").capitalize()), _fmt(value)))
+    return [(display_text(k), display_text(v)) for k, v in lines]
+
+
 def render_index_html(
     records: Sequence[Mapping[str, Any]],
     run_info: Mapping[str, Any],
@@ -281,24 +339,50 @@ def render_index_html(
     """The run's worklist page, linking each patient's `report.html` (by its safe folder name).
 
     Args:
-        records: one per patient (`status` done, skipped or failed; `output` the folder name).
-        run_info: label → value lines shown above the worklist.
+        records: one per patient (`status` done, skipped or failed; `output` the folder name;
+            `change` "new"/"changed" for patients done in this run).
+        run_info: `date`, `archive`, `threshold`, `threshold_source`, `models` (stage -> version)
+            and any further label -> value lines shown above the worklist.
         skipped: `{path, reason}` of files that belong to no patient (stray files, links).
     """
     ordered = priority_order(records)
     worklist = [
-        {**r, "output": r.get("output") or output_name(str(r["patient"]))}
+        {
+            **r,
+            "output": r.get("output") or output_name(str(r["patient"])),
+            "since": _CHANGE.get(str(r.get("change") or r.get("status")), ""),
+        }
         for r in ordered
         if r.get("status") != "failed"
     ]
     return _render(
         "index.html",
         "Triage worklist",
-        run_info=[(display_text(str(k)), display_text(_fmt(v))) for k, v in run_info.items()],
+        run_info=_run_lines(run_info),
         worklist=worklist,
         failed=[r for r in ordered if r.get("status") == "failed"],
         skipped=list(skipped),
+        summary_name=SUMMARY_NAME,
     )
+
+
+def worklist_js(records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> str:
+    """`worklist.js`: what a patient page needs from its run (worklist order, run details)."""
+    order = [
+        str(r.get("output") or output_name(str(r["patient"])))
+        for r in priority_order(records)
+        if r.get("status") != "failed"
+    ]
+    threshold = run_info.get("threshold")
+    data = {
+        "order": order,
+        "date": str(run_info.get("date", "")),
+        "archive": display_text(str(run_info.get("archive", ""))),
+        "threshold_source": str(run_info.get("threshold_source", "")),
+        "p_tumour_cut": None if threshold is None else round(1.0 - float(threshold), 4),
+    }
+    text = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e")
+    return f"window.TRIAGE_RUN = {text};\n"
 
 
 def write_run_reports(
@@ -307,8 +391,9 @@ def write_run_reports(
     run_info: Mapping[str, Any],
     skipped: Sequence[Mapping[str, str]] = (),
 ) -> tuple[Path, Path]:
-    """Write `summary.csv` and `index.html` atomically; returns their paths."""
+    """Write `summary.csv`, `index.html` and `worklist.js` atomically; returns the first two."""
     csv_path, index_path = out_dir / SUMMARY_NAME, out_dir / INDEX_NAME
     atomic_write_text(csv_path, summary_csv(records))
     atomic_write_text(index_path, render_index_html(records, run_info, skipped))
+    atomic_write_text(out_dir / WORKLIST_NAME, worklist_js(records, run_info))
     return csv_path, index_path

@@ -199,6 +199,8 @@ def run_triage(
         for warning in warnings:
             log.warning(warning)
         info = {
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "archive": Path(archive).resolve().name,
             "threshold": threshold,
             "threshold_source": source,
             "models": models.versions(),

@@ -88,7 +88,8 @@ def test_patient_html_is_self_contained() -> None:
     assert "P&lt;1&gt;" in page  # escaped
     m = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert m is not None and base64.b64decode(m.group(1)) == png
-    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing external
+    # Nothing external: only the run's own worklist (back link, optional navigation script).
+    assert not re.search(r"(src|href)=['\"](?!data:|\.\./index\.html|\.\./worklist\.js)", page)
 
 
 def test_worklist_order_and_csv() -> None:
