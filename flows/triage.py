@@ -120,13 +120,19 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cli_triage(args: argparse.Namespace) -> int:
     """`mri-triage triage ARCHIVE --out DIR`: 0 all done, 1 some patient failed, 2 cannot run."""
     from pipeline.errors import ArchiveError
+    from pipeline.runtime import load_triage_runtime
 
     try:
         check_run_paths(args.archive, args.out)  # one line, before Prefect starts anything
         check_dask_address(args.dask_address)
+        kw = _flow_kwargs(args)
+        load_triage_runtime(  # models checked before Prefect starts (cached: the run reuses them)
+            kw["classifier"], kw["segmenter"], kw["batch"], kw["precision"], kw["runtime"],
+            kw["ov_precision"], kw["threshold"],
+        )  # fmt: skip
         runner = make_task_runner(args.dask_address, getattr(args, "workers", 2))
         result = triage_flow.with_options(task_runner=runner)(
-            **_flow_kwargs(args), force=args.force, track=not getattr(args, "no_mlflow", False)
+            **kw, force=args.force, track=not getattr(args, "no_mlflow", False)
         )
     except (
         manifest.OutputLockedError,
