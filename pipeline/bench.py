@@ -93,7 +93,8 @@ def bench_triage(
     from pipeline.inference import TriageSettings, triage_patient
     from pipeline.io import load_patient
     from pipeline.preprocess import patient_inputs, prepare_batch
-    from pipeline.runtime import gate_p_normal, load_triage_runtime, model_temperature
+    from pipeline.calibration import gate_p_normal, model_temperature
+    from pipeline.runtime import load_triage_runtime
     from pipeline.triage import resolve_threshold, route_slices
 
     models = load_triage_runtime(

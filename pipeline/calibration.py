@@ -64,3 +64,17 @@ def fit_temperature(y_true: Any, p_tumour: Any) -> float:
 
     res = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded")
     return float(np.exp(res.x))
+
+
+def model_temperature(info: dict[str, Any] | None) -> float:
+    """The classifier's logged temperature (`info["temperature"]`; 1 when none was fitted)."""
+    return float((info or {}).get("temperature", 1.0) or 1.0)
+
+
+def gate_p_normal(p_tumour: Any, temperature: float = 1.0) -> np.ndarray:
+    """P(normal) the triage gate routes on: 1 - the classifier's P(tumour) after its temperature.
+
+    The one place triage (`pipeline.inference`), the OpenVINO parity check (`pipeline.runtime`) and
+    the benchmark turn a classifier output into the gate's input.
+    """
+    return 1.0 - apply_temperature(np.asarray(p_tumour, np.float64), temperature)

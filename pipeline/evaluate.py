@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics, tracking
+from pipeline.calibration import model_temperature
 from pipeline.splits import assign_folds, fold_splits, tumour_patient_set
 
 EXPERIMENT = "mri-triage-evaluate"
@@ -214,7 +215,7 @@ def triage_held_out(
         "threshold_source": source,
         "failed_patients": failed,
         "triage_seconds": time.perf_counter() - started,
-        "temperature": float(models.classifier.info.get("temperature", 1.0) or 1.0),
+        "temperature": model_temperature(models.classifier.info),
     }
     return evals, info
 

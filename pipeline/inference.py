@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import manifest, report, viewer
-from pipeline.calibration import apply_temperature
+from pipeline.calibration import gate_p_normal, model_temperature
 from pipeline.postprocess import (
     DEFAULT_LONE_SLICE_AREA,
     DEFAULT_MIN_COMPONENT,
@@ -325,8 +325,7 @@ def triage_patient(
     t["load"] = time.perf_counter()
     x = patient_inputs(ps.images, clf.preprocess)
     # The classifier's validation temperature (1 when none was fitted) gives calibrated P(tumour).
-    temperature = float(clf.info.get("temperature", 1.0) or 1.0)
-    p_normal = 1.0 - apply_temperature(models.classify(x)[:, 1], temperature)
+    p_normal = gate_p_normal(models.classify(x)[:, 1], model_temperature(clf.info))
     flagged = route_slices(p_normal, settings.threshold)
     t["classify"] = time.perf_counter()
     pred = np.zeros((n, h, w), dtype=bool)

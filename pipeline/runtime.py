@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.calibration import gate_p_normal, model_temperature
 from pipeline.preprocess import PreprocessConfig
 from pipeline.triage import resolve_threshold, route_slices
 
@@ -41,19 +42,6 @@ CACHE_ENV = "MRI_TRIAGE_CACHE"
 
 
 # ---------------------------------------------------------------- parity --------------------------
-
-
-def gate_p_normal(p_tumour: Any, temperature: float = 1.0) -> np.ndarray:
-    """P(normal) the gate routes on: 1 − the classifier's P(tumour) after its logged temperature
-    (`pipeline.calibration.apply_temperature`), as `pipeline.inference.triage_patient` does."""
-    from pipeline.calibration import apply_temperature
-
-    return 1.0 - apply_temperature(np.asarray(p_tumour, np.float64), temperature)
-
-
-def model_temperature(info: dict[str, Any] | None) -> float:
-    """The classifier's logged temperature (1 when none was fitted)."""
-    return float((info or {}).get("temperature", 1.0) or 1.0)
 
 
 @dataclass(frozen=True)
