@@ -89,11 +89,11 @@ def bench_triage(
         `model_s_classify` / `model_s_segment`, `runtimes`, `parity`, `notes`, versions and
         settings.
     """
+    from pipeline.calibration import gate_p_normal, model_temperature
     from pipeline.index import build_index
     from pipeline.inference import TriageSettings, triage_patient
     from pipeline.io import load_patient
     from pipeline.preprocess import patient_inputs, prepare_batch
-    from pipeline.calibration import gate_p_normal, model_temperature
     from pipeline.runtime import load_triage_runtime
     from pipeline.triage import resolve_threshold, route_slices
 
