@@ -27,9 +27,11 @@ from pipeline.run import (
     EXIT_OK,
     PatientJob,
     RunOptions,
+    RunResult,
     run_patient_job,
     run_triage,
 )
+from pipeline.run_summary import worklist_markdown
 
 
 @task(name="triage-patient", cache_policy=NO_CACHE, retries=0)
@@ -77,7 +79,20 @@ def triage_flow(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
         ov_precision, series_pattern, key_map, limits, dict(postprocess or {}),
     )  # fmt: skip
-    return run_triage(archive, out, options, _submit_each, get_run_logger()).as_dict()
+    result = run_triage(archive, out, options, _submit_each, get_run_logger())
+    publish_summary(result)
+    return result.as_dict()
+
+
+def publish_summary(result: RunResult) -> None:
+    """The run's worklist summary as a Prefect markdown artifact (counts only, no patient keys)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=worklist_markdown(result),
+        key="mri-triage-worklist",
+        description="Triage run summary; the worklist itself is index.html in the output folder",
+    )
 
 
 def make_task_runner(dask_address: str | None, workers: int = 2, processes: bool = True) -> Any:
@@ -163,11 +178,14 @@ def cli_triage(args: argparse.Namespace) -> int:
 
 def build_deployment(args: argparse.Namespace) -> Any:
     """The nightly deployment `mri-triage/nightly` with `args.cron` as its schedule."""
+    from prefect.schedules import Cron
+
     return triage_flow.to_deployment(
         name="nightly",
-        cron=args.cron,
+        schedule=Cron(args.cron, timezone=getattr(args, "timezone", None) or "UTC"),
+        concurrency_limit=1,  # one deployment per output folder: one run writes there at a time
         parameters=_flow_kwargs(args),
-        description="Nightly triage of an MRI archive (research use only).",
+        description="Nightly triage of an MRI archive into one output folder (research use only).",
         tags=["mri-triage"],
     )
 

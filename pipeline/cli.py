@@ -25,6 +25,105 @@ for _key, _value in {
 PRECISIONS = ["float32", "mixed_bfloat16", "mixed_float16", "auto"]
 
 
+EXIT_CODES = (
+    "exit codes: 0 done; 1 finished, but some patients failed (see summary.csv); "
+    "2 cannot run (bad arguments, missing archive or model, unusable --out)"
+)
+#: One example per subcommand (shown at the end of its --help).
+EXAMPLES = {
+    "synth": "mri-triage synth data/synth --patients 8 --format nifti",
+    "index": "mri-triage index data/lgg --csv slices.csv",
+    "models": "mri-triage models --image-size 256",
+    "bench": "mri-triage bench models --batch 16",
+    "bench models": "mri-triage bench models --models resunet --repeats 5",
+    "bench triage": "mri-triage bench triage data/synth --runtimes tf",
+    "train": "mri-triage train classifier data/lgg --preset cpu",
+    "train classifier": "mri-triage train classifier data/lgg --preset cpu --backbone vgg16",
+    "train segmenter": "mri-triage train segmenter data/lgg --preset cpu --loss focal_tversky",
+    "evaluate": "mri-triage evaluate data/lgg --folds 5 --fold 0 --preset cpu",
+    "compare": "mri-triage compare --experiment mri-triage-classifier --format csv",
+    "triage": "mri-triage triage data/new_scans --out data/triage  # models: the champions",
+    "serve": "mri-triage serve data/new_scans --out data/triage --cron '0 2 * * *'",
+    "export": "mri-triage export data/lgg --precision f32 int8",
+    "demo": "mri-triage demo --out data/demo",
+}
+
+
+class _Unset(tuple):
+    """Defaults that mean "not given": None and False by identity (0 is a real default)."""
+
+    def __contains__(self, value: object) -> bool:
+        return value is None or value is False
+
+
+_UNSET = _Unset()
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (choices show in the metavar)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in _UNSET or action.default == argparse.SUPPRESS
+        quiet = quiet or "default" in text.lower()
+        if quiet or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def _finish(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Defaults, choices and an example in every (sub)command's help, recursively."""
+    parser.formatter_class = _Formatter
+    if path in EXAMPLES:
+        parser.epilog = f"example:\n  {EXAMPLES[path]}\n\n{EXIT_CODES}"
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _finish(child, f"{path} {name}".strip())
+        elif action.help is None and action.option_strings and action.default not in _UNSET:
+            action.help = "default: %(default)s"
+
+
+def _add_archive(
+    p: argparse.ArgumentParser, deprecated_option: bool = False, help: str | None = None
+) -> None:
+    """ARCHIVE, given the same way (positional) in every command; `--archive` kept as an alias."""
+    text = help or "archive root (Kaggle LGG layout, NIfTI folders/files or DICOM)"
+    if not deprecated_option:
+        p.add_argument("archive", metavar="ARCHIVE", help=text)
+        return
+    p.add_argument("archive", metavar="ARCHIVE", nargs="?", help=text)
+    p.add_argument("--archive", dest="archive_option", help="deprecated: give ARCHIVE instead")
+
+
+def _normalise_archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold the deprecated `--archive` into ARCHIVE (exactly one of them)."""
+    if not hasattr(args, "archive_option"):
+        return
+    if args.archive_option is not None:
+        if args.archive is not None:
+            parser.error("give the archive once (ARCHIVE), not also --archive")
+        print("note: --archive is deprecated; give the archive as ARCHIVE", file=sys.stderr)
+        args.archive = args.archive_option
+    if args.archive is None:
+        parser.error("the following arguments are required: ARCHIVE")
+    del args.archive_option
+
+
+def _suggest_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """`mri-triage triag ...` answers with the nearest subcommand (exit 2)."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = sub.choices
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in commands:
+        return
+    near = difflib.get_close_matches(first, list(commands), n=1, cutoff=0.5)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; choose from {', '.join(commands)}"
+    parser.exit(2, f"mri-triage: unknown command '{first}'{hint}\n")
+
+
 def _handler(parser: argparse.ArgumentParser, target: str) -> None:
     """Bind a subparser to `module:function`, imported lazily when the subcommand runs."""
     parser.set_defaults(_target=target)
@@ -124,8 +223,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     tsub = p.add_subparsers(dest="stage", required=True)
     for stage in ("classifier", "segmenter"):
-        t = tsub.add_parser(stage)
-        t.add_argument("--archive", required=True)
+        t = tsub.add_parser(stage, help=f"train the {stage} (Prefect flow, MLflow tracked)")
+        _add_archive(t, deprecated_option=True)
         _add_recipe_options(t)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--promote", action="store_true", help="move the champion alias regardless")
@@ -141,7 +240,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             t.add_argument("--trainable", default="all", help="all | frozen | top:N")
         else:
             t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
-            t.add_argument("--loss", default=None, help="dice | bce_dice | tversky | focal_tversky")
+            t.add_argument(
+                "--loss",
+                choices=["dice", "bce_dice", "tversky", "focal_tversky"],
+                default=None,
+                help="segmentation loss (default: the preset's, else bce_dice)",
+            )
             t.add_argument(
                 "--include-empty", action="store_true", help="train on tumour-free slices too"
             )
@@ -266,7 +370,12 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="serve the triage flow as a scheduled Prefect deployment")
     s.add_argument("archive")
     s.add_argument("--out", required=True)
-    s.add_argument("--cron", default="0 2 * * *")
+    s.add_argument("--cron", default="0 2 * * *", help="schedule (default: %(default)s)")
+    s.add_argument(
+        "--timezone",
+        default="UTC",
+        help="IANA time zone of the cron schedule, e.g. Europe/Berlin (default: %(default)s)",
+    )
     s.add_argument("--classifier")
     s.add_argument("--segmenter")
     s.add_argument("--threshold", type=float, default=None, help="default: operating point")
@@ -327,7 +436,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export models once per version to OpenVINO (fp32/bf16/int8) with parity"
     )
-    p.add_argument("--archive", required=True, help="the models' training archive (calibration)")
+    _add_archive(p, deprecated_option=True, help="the models' training archive (calibration)")
     p.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
     p.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
     p.add_argument(
@@ -350,7 +459,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mri-triage", description="Two-stage brain-MRI tumour triage (research use only)."
+        prog="mri-triage",
+        description="Two-stage brain-MRI tumour triage (research use only).",
+        epilog=f"example:\n  {EXAMPLES['triage']}\n\n{EXIT_CODES}",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
@@ -366,11 +477,27 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
     ):
         add(sub)
+    _finish(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    _suggest_command(parser, argv)
+    args = parser.parse_args(argv)
+    _normalise_archive(parser, args)
+    if args.command in ("triage", "serve"):  # before Prefect, MLflow or TensorFlow load
+        from pipeline.cli_checks import triage_problem
+
+        problem = triage_problem(args.archive, args.out, args.classifier, args.segmenter)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    if args.command not in ("synth", "index", "compare"):  # commands that load TensorFlow
+        from pipeline.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     module_name, func_name = args._target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

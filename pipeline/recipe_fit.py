@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import metrics, tracking
+from pipeline import metrics  # tracking (MLflow) only when fitting: the CLI reads the constants
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("plateau", "cosine")
@@ -139,7 +139,7 @@ def fit(
             keras.callbacks.ModelCheckpoint(
                 str(best), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
             ),
-            tracking.epoch_logger(run_id),
+            _epoch_logger(run_id),
         ]
         if config.schedule == "plateau":
             callbacks.insert(
@@ -169,3 +169,9 @@ def fit(
     scores = np.where(np.isfinite(scores), scores, -np.inf if mode == "max" else np.inf)
     best_epoch = int(np.argmax(scores) if mode == "max" else np.argmin(scores)) + 1
     return {"history": history, "seconds": seconds, "best_epoch": best_epoch, "monitor": monitor}
+
+
+def _epoch_logger(run_id: str) -> Any:
+    from pipeline import tracking
+
+    return tracking.epoch_logger(run_id)

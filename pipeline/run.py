@@ -21,6 +21,7 @@ from pipeline.inference import TriageSettings, process_patient, run_metrics
 from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
 from pipeline.postprocess import DEFAULT_MIN_COMPONENT
 from pipeline.preflight import check_run_paths
+from pipeline.progress import Progress
 from pipeline.quality import DEFAULT_LIMITS, Limits
 from pipeline.report import DISCLAIMER, write_run_reports
 from pipeline.triage import bypass_warning, resolve_threshold
@@ -185,11 +186,14 @@ def run_triage(
             for patient, rows in groups
         ]
         records = []
+        progress = Progress(len(jobs), len(index.table))  # a terminal only
         for rec in map_fn(jobs):
             records.append(rec)
+            progress.update(rec)
             if rec["status"] == "done":
                 entry = done_entry(out_dir, rec, models.versions())
                 manifest.record_patient(out_dir, rec["patient"], entry)
+        progress.close()
         seconds = time.perf_counter() - start
         records, skipped = merge_index_errors(records, index.errors)
         metrics = run_metrics(records, seconds)

@@ -1,0 +1,48 @@
+"""Prefect as its users expect: the deployment's time zone and concurrency limit, and the run's
+summary published as a markdown artifact (no patient keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import triage_helpers as th
+
+from flows.triage import build_deployment, triage_flow
+from pipeline.cli import build_parser
+from pipeline.synthetic import write_synthetic_archive
+
+
+def test_deployment_has_time_zone_and_one_run_at_a_time(tmp_path: Path) -> None:
+    argv = [
+        "serve",
+        str(tmp_path / "a"),
+        "--out",
+        str(tmp_path / "o"),
+        "--timezone",
+        "Europe/Berlin",
+    ]
+    dep = build_deployment(build_parser().parse_args(argv))
+    (schedule,) = dep.schedules
+    assert schedule.schedule.timezone == "Europe/Berlin" and schedule.schedule.cron == "0 2 * * *"
+    limit = dep.concurrency_limit
+    assert getattr(limit, "limit", limit) == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_summary_is_a_markdown_artifact(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    archive = write_synthetic_archive(tmp_path / "a", 2, "kaggle", seed=4, slices=4, image_size=64)
+    clf = th.save(th.bright_classifier(), tmp_path / "c.keras", "classifier")
+    seg = th.save(th.bright_segmenter(), tmp_path / "s.keras", "segmenter")
+    triage_flow(str(archive), str(tmp_path / "out"), clf, seg, 0.5, track=False)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mri-triage-worklist"]))
+        )
+    assert found and found[0].type == "markdown"
+    text = str(found[0].data)
+    assert "| Patients | 2 |" in text and "P(tumour) > 0.5" in text and "index.html" in text
+    assert "SYN_0001" not in text  # counts only: patient keys stay in the output folder
