@@ -68,6 +68,7 @@ def triage_flow(
     key_map: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     postprocess: dict[str, Any] | None = None,
+    log_outputs: bool = False,
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per patient).
 
@@ -77,7 +78,7 @@ def triage_flow(
     """
     options = RunOptions(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
-        ov_precision, series_pattern, key_map, limits, dict(postprocess or {}),
+        ov_precision, series_pattern, key_map, limits, dict(postprocess or {}), log_outputs,
     )  # fmt: skip
     result = run_triage(archive, out, options, _submit_each, get_run_logger())
     publish_summary(result)
@@ -124,6 +125,7 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "series_pattern": getattr(args, "series_pattern", None),
         "key_map": getattr(args, "write_key_map", False),
         "limits": limits_of(args),
+        "log_outputs": bool(getattr(args, "log_outputs", False)),
         "postprocess": {
             k: getattr(args, k)
             for k in ("lone_slice_area", "min_volume", "tta")

@@ -366,6 +366,12 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     _add_triage_options(p)
     p.add_argument("--workers", type=int, default=2, help="patients processed at once")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    p.add_argument(
+        "--log-outputs",
+        action="store_true",
+        help="also upload the patient-keyed reports and masks to the MLflow run (default: "
+        "aggregate metrics only)",
+    )
     _handler(p, "flows.triage:cli_triage")
     s = sub.add_parser("serve", help="serve the triage flow as a scheduled Prefect deployment")
     s.add_argument("archive")

@@ -37,6 +37,11 @@ def training_curves(history: Mapping[str, Sequence[float]], path: str | Path) ->
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
+        values = np.asarray([*history[key], *history.get(f"val_{key}", [])], dtype=float)
+        values = values[np.isfinite(values)]
+        if "loss" in key and len(values) and values.min() > 0 and values.max() > 10 * values.min():
+            ax.set_yscale("log")  # one validation spike would flatten every other epoch
+            key = f"{key} (log scale)"
         ax.set_title(key)
         ax.legend()
     return _save(fig, path)

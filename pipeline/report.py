@@ -208,9 +208,20 @@ def _ground_truth_facts(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return []
     if not metrics.get("gt_tumour_slices"):
         found = report["summary"]["tumour_slices"]
-        verdict = f"found on {len(found)} slices (false positive)" if found else "none found"
-        return [("vs ground truth", f"no tumour in the ground-truth masks; tumour {verdict}")]
-    return [(f"vs ground truth: {name}", _fmt(value)) for name, value in metrics.items()]
+        verdict = f"found tumour on {len(found)} slices (false positive)" if found else "found none"
+        return [("vs ground truth", f"no tumour in the ground-truth masks; the pipeline {verdict}")]
+    return [(f"vs ground truth: {_METRIC_LABELS.get(k, k)}", _fmt(v)) for k, v in metrics.items()]
+
+
+_METRIC_LABELS = {
+    "gt_tumour_slices": "tumour slices",
+    "gate_caught_slices": "of them segmented (gate passed)",
+    "gate_missed_slices": "of them dropped by the gate",
+    "gate_sensitivity": "gate sensitivity",
+    "dice": "Dice (all labelled slices)",
+    "dice_tumour_slices": "Dice (tumour slices)",
+    "hd95": "HD95 (mm, px when the spacing is unknown)",
+}
 
 
 def render_patient_html(
@@ -259,6 +270,7 @@ def render_patient_html(
         viewer=viewer,
         review=review_lists(report["slices"]),
         has_gt="metrics" in report,
+        gt_tumour=bool(report.get("metrics", {}).get("gt_tumour_slices")),
         slices=report["slices"],
     )
 

@@ -39,7 +39,8 @@ class RunOptions:
             operating point (`pipeline.triage.resolve_threshold`).
         force: redo patients the manifest says are done.
         min_component, batch, precision, runtime, ov_precision, limits: see `TriageSettings`.
-        track: log one MLflow run.
+        track: log one MLflow run (aggregate params and metrics).
+        log_outputs: also upload the patient-keyed reports and masks to that run.
         series_pattern: DICOM FLAIR series rule (`build_index`).
         key_map: DICOM: also write the pseudonym map into the output folder.
         postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`).
@@ -59,6 +60,7 @@ class RunOptions:
     key_map: bool = False
     limits: Limits = DEFAULT_LIMITS
     postprocess: dict[str, Any] = field(default_factory=dict)
+    log_outputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ def run_triage(
 
     log = log or logging.getLogger(__name__)
     o = options
+    began = time.time()  # the MLflow run spans the work, models and index included
     out_dir = check_run_paths(archive, out)
     models = load_triage_runtime(
         o.classifier, o.segmenter, o.batch, o.precision, o.runtime, o.ov_precision, o.threshold
@@ -226,7 +229,8 @@ def run_triage(
         from pipeline.tracking import log_triage_run
 
         params = _mlflow_params(o, models, threshold, source, index.table)
-        run_id = log_triage_run(params, metrics, out_dir, include=own_outputs(records))
+        shared = own_outputs(records) if o.log_outputs else []  # patient-keyed files: opt-in
+        run_id = log_triage_run(params, metrics, out_dir, include=shared, started=began)
     return RunResult(
         exit_code=EXIT_FAILURES if failed else EXIT_OK,
         metrics=metrics,

@@ -90,7 +90,12 @@ def experiment_id(name: str) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     try:
-        return str(client.create_experiment(name, artifact_location=_artifact_location(uri, name)))
+        location = _artifact_location(uri, name)
+        exp_id = str(client.create_experiment(name, artifact_location=location))
+        from pipeline.tracking_meta import describe_experiment
+
+        describe_experiment(client, exp_id, name)  # description, model-training kind
+        return exp_id
     except MlflowException:  # created meanwhile by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -532,27 +537,49 @@ def log_triage_run(
     out_dir: str | Path,
     tags: Mapping[str, Any] | None = None,
     include: Sequence[str] | None = None,
+    started: float | None = None,
 ) -> str:
-    """One MLflow run in the triage experiment: params, metrics, and the run's reports and masks.
+    """One MLflow run in the triage experiment: params, metrics, and (opt-in) the run's outputs.
 
-    The run is named by date only; `params`/`metrics` must hold no patient keys. The output folder
-    (the user's own reports and masks, one folder per patient) goes under the `triage/` artifacts;
-    the lock file and staging leftovers are not logged. With `include` (top-level names in
-    `out_dir`: the run's own reports and patient folders), nothing else there is logged.
+    The run is named by date only; `params`/`metrics` must hold no patient keys. Files of the
+    output folder are uploaded under `triage/` only when named in `include` (top-level names in
+    `out_dir`: the run's own reports and patient folders; `None` = every file): patient-keyed
+    outputs leave the machine only with `--log-outputs`. The lock file, staging leftovers and
+    private files are never logged.
+
+    Args:
+        started: when the work began (`time.time()`), so the run's duration spans the work
+            rather than the upload; None = now.
 
     Returns:
         The run id.
     """
     out = Path(out_dir)
     keep = None if include is None else set(include)
-    with start_run(EXPERIMENTS["triage"], run_name("triage"), params, tags) as run_id:
+    exp_id = experiment_id(EXPERIMENTS["triage"])
+    began = datetime.fromtimestamp(started) if started is not None else datetime.now()
+    client = MlflowClient()
+    run = client.create_run(
+        exp_id,
+        start_time=int(began.timestamp() * 1000),
+        tags=_str_dict(tags or {}),
+        run_name=run_name("triage", began),
+    )
+    run_id = run.info.run_id
+    try:
+        log_params(run_id, params)
         log_metrics(run_id, metrics)
-        client = MlflowClient()
         for item in sorted(out.rglob("*")):
             rel = item.relative_to(out)
             if any(p.startswith(".") for p in rel.parts) or not item.is_file() or _private(item):
                 continue
             if keep is not None and rel.parts[0] not in keep:
-                continue  # a file the user keeps in --out is not this run's to upload
+                continue  # not this run's to upload (or outputs not opted in)
             client.log_artifact(run_id, str(item), "/".join(("triage", *rel.parts[:-1])))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
     return run_id

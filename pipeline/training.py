@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import calibration, metrics, plots, recipe_fit, tracking
+from pipeline import calibration, metrics, plots, recipe_fit, tracking, tracking_meta
 from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
 from pipeline.index import build_index, check_no_leakage, fingerprint, split_patients
 from pipeline.preprocess import PreprocessConfig
@@ -401,6 +401,7 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             else:
                 train, keep_empty, n_train = train.select(train.labels == 1), 0.0, float(pos)
         tracking.log_params(run_id, _params(config, plan, train))
+        tracking_meta.log_training_data(run_id, plan, config.archive)  # fingerprint, no keys
         from models.precision import policy_scope
 
         with policy_scope(config.precision):
@@ -457,6 +458,9 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
         info["preset"] = config.preset
         if config.register:
             logged = tracking.log_keras_model(run_id, model, kind, pre, **info)
+            data = {"fingerprint": plan.fingerprint, **tracking_meta.dataset_profile(plan)}
+            card = tracking_meta.model_card(kind, info, val_m, test_m, data)
+            tracking_meta.describe_model_version(kind, logged["version"], card)
             decision = tracking.promote_if_better(
                 kind, logged["version"], metric, score, force=config.promote
             )

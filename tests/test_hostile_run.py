@@ -149,7 +149,9 @@ def test_mlflow_gets_only_the_runs_own_outputs(archive, models, tmp_path, mlflow
     (out / "private").mkdir(parents=True)
     (out / "private" / "other_scan.tif").write_bytes(b"not ours")
     (out / "my_notes.txt").write_text("not ours")
-    result = triage_flow(str(archive), str(out), models["clf"], models["seg"], 0.99, track=True)
+    result = triage_flow(
+        str(archive), str(out), models["clf"], models["seg"], 0.99, track=True, log_outputs=True
+    )
     names = " ".join(list_artifacts(result["run_id"], "triage"))
     assert "summary.csv" in names and "SYN_0001" in names
     assert "my_notes" not in names and "private" not in names

@@ -49,7 +49,7 @@ def test_outputs_kaggle_and_mlflow(kaggle: Path, models: dict, tmp_path: Path, m
     from pipeline.tracking import EXPERIMENTS, get_run, list_artifacts
 
     out = tmp_path / "out"
-    result = _run(kaggle, out, models, track=True)
+    result = _run(kaggle, out, models, track=True, log_outputs=True)
     assert result["exit_code"] == 0
     patients = sorted(p.name for p in kaggle.iterdir() if p.is_dir())
     rows = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
