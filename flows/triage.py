@@ -80,11 +80,20 @@ def triage_flow(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
         ov_precision, series_pattern, key_map, limits, dict(postprocess or {}), log_outputs,
     )  # fmt: skip
-    result = run_triage(archive, out, options, _submit_each, get_run_logger())
+    result = run_triage(archive, out, options, _submit_each, get_run_logger(), log_mlflow_run)
     publish_summary(result)
     return result.as_dict()
 
 
+@task(name="log-mlflow-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
+def log_mlflow_run(*args: Any, **kwargs: Any) -> str:
+    """`pipeline.tracking.log_triage_run`, retried: a tracking server may be briefly away."""
+    from pipeline.tracking import log_triage_run
+
+    return log_triage_run(*args, **kwargs)
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def publish_summary(result: RunResult) -> None:
     """The run's worklist summary as a Prefect markdown artifact (counts only, no patient keys)."""
     from prefect.artifacts import create_markdown_artifact
@@ -161,7 +170,11 @@ def cli_triage(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     m = result["metrics"]
-    print(f"threshold: P(normal) >= {result['threshold']:.4g} ({result['threshold_source']})")
+    t = result["threshold"]
+    print(
+        f"threshold: slices with P(tumour) > {1.0 - t:.4g} are segmented (P(normal) < {t:.4g}; "
+        f"{result['threshold_source']})"
+    )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(

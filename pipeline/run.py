@@ -136,6 +136,7 @@ def run_triage(
     options: RunOptions = RunOptions(),
     map_fn: MapFn = serial_map,
     log: logging.Logger | logging.LoggerAdapter | None = None,
+    track_fn: Callable[..., str] | None = None,
 ) -> RunResult:
     """Triage every patient of `archive` into `out`.
 
@@ -145,6 +146,8 @@ def run_triage(
         options: models, threshold and settings.
         map_fn: runs the patients' jobs and yields their records as they finish.
         log: where progress goes (no patient keys are ever logged).
+        track_fn: logs the MLflow run (default `pipeline.tracking.log_triage_run`; the flow passes
+            a task that retries it, a tracking server being the one transient failure here).
 
     Raises:
         UnsafeOutputError, CannotRunError: `--out` overlaps the archive or is unusable, or a
@@ -230,7 +233,8 @@ def run_triage(
 
         params = _mlflow_params(o, models, threshold, source, index.table)
         shared = own_outputs(records) if o.log_outputs else []  # patient-keyed files: opt-in
-        run_id = log_triage_run(params, metrics, out_dir, include=shared, started=began)
+        track = track_fn or log_triage_run
+        run_id = track(params, metrics, out_dir, include=shared, started=began)
     return RunResult(
         exit_code=EXIT_FAILURES if failed else EXIT_OK,
         metrics=metrics,

@@ -46,3 +46,29 @@ def test_run_summary_is_a_markdown_artifact(tmp_path: Path) -> None:
     text = str(found[0].data)
     assert "| Patients | 2 |" in text and "P(tumour) > 0.5" in text and "index.html" in text
     assert "SYN_0001" not in text  # counts only: patient keys stay in the output folder
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_mlflow_logging_is_retried_when_the_server_is_briefly_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect import flow
+
+    from flows.triage import log_mlflow_run
+    from pipeline import tracking
+
+    calls: list[int] = []
+
+    def flaky(*args: object, **kwargs: object) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("tracking server restarting")
+        return "run-id"
+
+    monkeypatch.setattr(tracking, "log_triage_run", flaky)
+
+    @flow
+    def once() -> str:
+        return log_mlflow_run.with_options(retry_delay_seconds=0)({}, {}, ".")
+
+    assert once() == "run-id" and len(calls) == 2
