@@ -172,7 +172,7 @@ def _summary(result: dict[str, Any], stage: str) -> str:
 
 
 def cli_train(args: argparse.Namespace) -> int:
-    """`mri-triage train classifier|segmenter --archive A ...`.
+    """`mri-triage train classifier|segmenter ARCHIVE ...`.
 
     Returns:
         0 when trained, 1 when training failed (run marked FAILED), 2 on unusable input.

@@ -210,7 +210,7 @@ def cli_compare(args: argparse.Namespace) -> int:
     if not runs:
         print(
             f"no finished runs in {', '.join(experiments)} at {tracking.configure_tracking()}; "
-            "train one with `mri-triage train classifier|segmenter --archive ...`",
+            "train one with `mri-triage train classifier|segmenter ARCHIVE ...`",
             file=sys.stderr,
         )
         return 1

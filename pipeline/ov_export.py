@@ -5,7 +5,7 @@ Keras `model.export` (SavedModel) → `openvino.convert_model` → IR saved with
 NNCF post-training quantisation calibrated on training slices of the model's own data set (kept
 beside it as `calibration.npz`). Each copy is compiled at its precision and compared with TF fp32
 on held-out slices; the `ParityRecord` goes into its `export.json`, and `pipeline.runtime` refuses a
-copy whose parity fails. `mri-triage export --archive TRAIN ...` is the command.
+copy whose parity fails. `mri-triage export TRAIN ...` is the command.
 
 This module imports TensorFlow (it needs the Keras model); triage on OpenVINO never imports it.
 """
@@ -273,7 +273,7 @@ def format_rows(model: str, rows: list[dict[str, Any]]) -> str:
 
 
 def cli_export(args: argparse.Namespace) -> int:
-    """`mri-triage export --archive TRAIN [--classifier URI] [--segmenter URI] [--precision P]`."""
+    """`mri-triage export TRAIN [--classifier URI] [--segmenter URI] [--precision P]`."""
     from pipeline.inference import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
     from pipeline.tracking import load_model
 
