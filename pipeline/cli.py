@@ -93,7 +93,9 @@ def _add_archive(
         p.add_argument("archive", metavar="ARCHIVE", help=text)
         return
     p.add_argument("archive", metavar="ARCHIVE", nargs="?", help=text)
-    p.add_argument("--archive", dest="archive_option", help="deprecated: give ARCHIVE instead")
+    p.add_argument(
+        "--archive", dest="archive_option", metavar="ARCHIVE", help="deprecated: give ARCHIVE"
+    )
 
 
 def _normalise_archive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
