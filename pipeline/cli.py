@@ -495,13 +495,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _suggest_command(parser, argv)
     args = parser.parse_args(argv)
     _normalise_archive(parser, args)
-    if args.command in ("triage", "serve"):  # before Prefect, MLflow or TensorFlow load
-        from pipeline.cli_checks import triage_problem
+    from pipeline.cli_checks import archive_problem, triage_problem
 
+    problem = None  # checked before Prefect, MLflow or TensorFlow load
+    if args.command in ("triage", "serve"):
         problem = triage_problem(args.archive, args.out, args.classifier, args.segmenter)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
+    elif args.command != "index" and getattr(args, "archive", None) is not None:
+        problem = archive_problem(args.archive)  # index reports a missing archive in its summary
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.command not in ("synth", "index", "compare"):  # commands that load TensorFlow
         from pipeline.quiet import import_tensorflow_quietly
 

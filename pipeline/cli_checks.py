@@ -82,6 +82,13 @@ def model_problem(kind: str, uri: str | None, store: str | None = None) -> str |
     return None
 
 
+def archive_problem(archive: str) -> str | None:
+    """One line when the archive folder (or NIfTI/DICOM file) does not exist."""
+    if Path(archive).exists():
+        return None
+    return f"archive {archive} not found; give the folder holding the patients' scans"
+
+
 def triage_problem(
     archive: str, out: str | None, classifier: str | None, segmenter: str | None
 ) -> str | None:

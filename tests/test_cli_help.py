@@ -118,3 +118,12 @@ def test_native_noise_is_kept_off_the_terminal() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stderr == "after"
+
+
+@pytest.mark.parametrize("command", [["train", "classifier"], ["evaluate"], ["export"]])
+def test_every_command_answers_a_missing_archive_at_once(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, str(tmp_path / "nope")]) == 2
+    assert "nope not found" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
