@@ -114,5 +114,5 @@ def write_dicom_seg(native_mask: np.ndarray, source: Any, path: str | Path) -> P
     out = Path(path)
     from pipeline.manifest import atomic_write
 
-    atomic_write(out, seg.save_as)
+    atomic_write(out, seg.save_as, durable=False)  # staged per patient
     return out

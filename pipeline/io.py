@@ -116,7 +116,7 @@ def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """`pipeline.manifest.atomic_write` (the package's one atomic-write helper)."""
     from pipeline.manifest import atomic_write
 
-    atomic_write(path, write)
+    atomic_write(path, write, durable=False)  # staged: the folder rename commits it
 
 
 def write_tif_mask(mask: np.ndarray, path: str | Path) -> Path:

@@ -344,5 +344,5 @@ def write_nifti_mask(
     path = Path(path)
     from pipeline.manifest import atomic_write
 
-    atomic_write(path, lambda tmp: nib.save(image, tmp))
+    atomic_write(path, lambda tmp: nib.save(image, tmp), durable=False)  # staged per patient
     return path
