@@ -495,11 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _suggest_command(parser, argv)
     args = parser.parse_args(argv)
     _normalise_archive(parser, args)
-    from pipeline.cli_checks import archive_problem, triage_problem
+    from pipeline.cli_checks import archive_problem, timezone_problem, triage_problem
 
     problem = None  # checked before Prefect, MLflow or TensorFlow load
     if args.command in ("triage", "serve"):
         problem = triage_problem(args.archive, args.out, args.classifier, args.segmenter)
+        problem = problem or timezone_problem(getattr(args, "timezone", None))
     elif args.command != "index" and getattr(args, "archive", None) is not None:
         problem = archive_problem(args.archive)  # index reports a missing archive in its summary
     if problem:

@@ -89,6 +89,19 @@ def archive_problem(archive: str) -> str | None:
     return f"archive {archive} not found; give the folder holding the patients' scans"
 
 
+def timezone_problem(name: str | None) -> str | None:
+    """One line when `--timezone` is not an IANA time zone name (None: not given)."""
+    if name is None:
+        return None
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"--timezone {name!r} is not a time zone name; use e.g. UTC or Europe/Berlin"
+    return None
+
+
 def triage_problem(
     archive: str, out: str | None, classifier: str | None, segmenter: str | None
 ) -> str | None:

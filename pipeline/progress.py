@@ -38,7 +38,9 @@ class Progress:
                 self.done, self.total, self.slices, self.total_slices,
                 time.perf_counter() - self.start,
             )  # fmt: skip
-            self.stream.write(f"\r{line}\033[K")
+            # Cursor back to column 0: a log line printed meanwhile overwrites the status line
+            # instead of running on after it.
+            self.stream.write(f"\r{line}\033[K\r")
             self.stream.flush()
 
     def close(self) -> None:

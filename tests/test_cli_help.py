@@ -127,3 +127,12 @@ def test_every_command_answers_a_missing_archive_at_once(
     assert main([*command, str(tmp_path / "nope")]) == 2
     assert "nope not found" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrong_time_zone_is_refused_before_prefect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").mkdir()
+    argv = ["serve", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--classifier", __file__]
+    argv += ["--segmenter", __file__, "--timezone", "Mars/Olympus"]
+    assert main(argv) == 2 and "Mars/Olympus" in capsys.readouterr().err
