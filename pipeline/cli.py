@@ -339,7 +339,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-volume", type=int, help="3-D post-processing: drop components below N voxels (100)"
     )
-    p.add_argument("--tta", action="store_true", help="segment each slice and its mirror, average")
+    p.add_argument(
+        "--no-tta", action="store_true", help="no mirror averaging of the segmenter (default: on)"
+    )
     _handler(p, "pipeline.evaluate:cli_evaluate")
 
 
@@ -407,10 +409,12 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
         help="drop 3-D mask components below this many voxels (same scaling; default 100)",
     )
     p.add_argument(
-        "--tta",
-        action="store_true",
+        "--no-tta",
+        dest="tta",
+        action="store_false",
         default=None,
-        help="segment each flagged slice and its left-right mirror and average (2x segmenter work)",
+        help="segment each flagged slice once, without averaging it with its left-right mirror "
+        "(the default mirror averaging costs 2x segmenter work; +0.02 per-patient Dice measured)",
     )
     p.add_argument("--batch", type=int, default=16, help="slices per model call")
     p.add_argument("--precision", default="float32", choices=PRECISIONS)

@@ -440,7 +440,7 @@ def cli_evaluate(args: Any) -> int:
             for k, v in (
                 ("lone_slice_area", args.lone_slice_area),
                 ("min_volume", args.min_volume),
-                ("tta", True if args.tta else None),
+                ("tta", False if args.no_tta else None),
             )
             if v is not None
         },

@@ -56,7 +56,8 @@ class TriageSettings:
         lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
             pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
         min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
-        tta: average the segmenter over the slice and its left-right mirror (twice the
+        tta: average the segmenter over the slice and its left-right mirror (on by default:
+            +0.02 per-patient Dice on held-out LGG patients; twice the
             segmenter's work).
         runtime: "tf", "openvino" or "auto" (`pipeline.runtime.load_triage_runtime`).
         ov_precision: OpenVINO precision "f32", "bf16", "int8" or "auto" (fastest verified).
@@ -70,7 +71,7 @@ class TriageSettings:
     montage_max: int = 48
     lone_slice_area: int = DEFAULT_LONE_SLICE_AREA
     min_volume: int = DEFAULT_MIN_VOLUME
-    tta: bool = False
+    tta: bool = True
     runtime: str = "tf"
     ov_precision: str = "auto"
     limits: Limits = DEFAULT_LIMITS
