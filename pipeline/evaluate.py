@@ -286,6 +286,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     Returns:
         `{"folds": [row per fold], "overall": metrics, "run_id", "out", "patients_csv"}`.
     """
+    from pipeline.index import fingerprint
     from pipeline.training import labelled_table, plan_from_splits
 
     table, skipped = labelled_table(config.archive)
@@ -311,7 +312,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         "skipped_files": skipped,
         "n_boot": config.n_boot,
         **{f"triage_{k}": v for k, v in config.triage_options.items()},
-        "dataset_fingerprint": tracking_fingerprint(table),
+        "dataset_fingerprint": fingerprint(table),
     }
     every: list[PatientEval] = []
     rows = []
@@ -370,13 +371,6 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=1, default=str), "utf-8")
     return result
-
-
-def tracking_fingerprint(table: pd.DataFrame) -> str:
-    """The archive's fingerprint (no patient data in it)."""
-    from pipeline.index import fingerprint
-
-    return fingerprint(table)
 
 
 TABLE_COLUMNS = (

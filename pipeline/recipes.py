@@ -72,37 +72,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "patience": 8,
         },
     },
-    "gpu": {
-        "classifier": {
-            "image_size": 256,
-            "epochs": 40,
-            "batch": 32,
-            "lr": 1e-3,
-            "optimizer": "adamw",
-            "schedule": "cosine",
-            "warmup": 0.05,
-            "input_mode": "flair25d",
-            "normalize": "volume",
-            "select": "auto",
-            "patience": 12,
-            "precision": "mixed_float16",
-        },
-        "segmenter": {
-            "image_size": 256,
-            "epochs": 60,
-            "batch": 16,
-            "lr": 1e-3,
-            "loss": "bce_dice",
-            "optimizer": "adamw",
-            "schedule": "cosine",
-            "warmup": 0.05,
-            "input_mode": "flair25d",
-            "normalize": "volume",
-            "empty_fraction": 0.3,
-            "select": "auto",
-            "patience": 15,
-            "precision": "mixed_float16",
-        },
+}
+
+#: `gpu`: the `cpu` recipe at 256 px with a longer schedule and mixed precision.
+PRESETS["gpu"] = {
+    "classifier": {
+        **PRESETS["cpu"]["classifier"],
+        "image_size": 256,
+        "epochs": 40,
+        "patience": 12,
+        "precision": "mixed_float16",
+    },
+    "segmenter": {
+        **PRESETS["cpu"]["segmenter"],
+        "image_size": 256,
+        "epochs": 60,
+        "patience": 15,
+        "precision": "mixed_float16",
     },
 }
 

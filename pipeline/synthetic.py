@@ -210,6 +210,31 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, str(path))
 
 
+def start_archive(
+    out: str | Path, patients: int, slices: int, image_size: int, seed: int
+) -> tuple[Path, set[int]]:
+    """Check the sizes, create the empty archive root and draw the tumour-free patients.
+
+    Shared by every synthetic format, so the same seed gives the same phantoms in each.
+
+    Returns:
+        `(root, tumour_free)`: indices of the round(patients / 4) patients without tumour (at
+        least one patient keeps a tumour).
+
+    Raises:
+        ValueError: sizes too small. FileExistsError: `out` exists and is not an empty folder.
+    """
+    if patients < 1 or slices < 1 or image_size < 16:
+        raise ValueError("need patients >= 1, slices >= 1 and image_size >= 16")
+    root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not an empty folder")
+    root.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng([seed, 7]).permutation(patients)
+    n_free = min(round(patients / 4), patients - 1)
+    return root, {int(i) for i in order[:n_free]}
+
+
 def write_synthetic_archive(
     out: str | Path,
     patients: int,
@@ -236,15 +261,7 @@ def write_synthetic_archive(
     """
     if fmt not in ("kaggle", "nifti"):
         raise ValueError(f"fmt must be 'kaggle' or 'nifti', got {fmt!r}")
-    if patients < 1 or slices < 1 or image_size < 16:
-        raise ValueError("need patients >= 1, slices >= 1 and image_size >= 16")
-    root = Path(out)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not an empty folder")
-    root.mkdir(parents=True, exist_ok=True)
-    order = np.random.default_rng([seed, 7]).permutation(patients)
-    n_free = min(round(patients / 4), patients - 1)
-    tumour_free = {int(i) for i in order[:n_free]}
+    root, tumour_free = start_archive(out, patients, slices, image_size, seed)
     names = [f"{prefix}_{i + 1:04d}" for i in range(patients)]
     for i, name in enumerate(names):
         rng = np.random.default_rng([seed, i])

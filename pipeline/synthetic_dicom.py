@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from pipeline.synthetic import SPACING_MM, make_phantom
+from pipeline.synthetic import SPACING_MM, make_phantom, start_archive
 
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -287,14 +287,7 @@ def write_synthetic_dicom_archive(
     Returns:
         The archive root `out` (must be empty or absent).
     """
-    if patients < 1 or slices < 1 or image_size < 16:
-        raise ValueError("need patients >= 1, slices >= 1 and image_size >= 16")
-    root = Path(out)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not an empty folder")
-    root.mkdir(parents=True, exist_ok=True)
-    order = np.random.default_rng([seed, 7]).permutation(patients)
-    tumour_free = {int(j) for j in order[: min(round(patients / 4), patients - 1)]}
+    root, tumour_free = start_archive(out, patients, slices, image_size, seed)
     for i in range(patients):
         rng = np.random.default_rng([seed, i])
         phantom = make_phantom(rng, slices, image_size, i not in tumour_free, bool(i % 2), 3)

@@ -214,11 +214,6 @@ def build_model(config: TrainConfig, steps_per_epoch: int = 1) -> Any:
     return model
 
 
-def fit(model: Any, train: Any, val: Any, config: TrainConfig, run_id: str, **kw: Any) -> dict:
-    """`pipeline.recipe_fit.fit` (kept here for callers of the training module)."""
-    return recipe_fit.fit(model, train, val, config, run_id, **kw)
-
-
 def paper_tables(
     config: TrainConfig, fitted: dict, params: dict[str, int], training_images: int
 ) -> dict[str, pd.DataFrame]:
@@ -406,7 +401,7 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
 
         with policy_scope(config.precision):
             model = build_model(config, recipe_fit.steps_per_epoch(n_train, config.batch))
-        fitted = fit(
+        fitted = recipe_fit.fit(
             model,
             make_dataset(
                 train, kind, config.batch, training=True, seed=config.seed, keep_empty=keep_empty
