@@ -1,9 +1,12 @@
 """Precision policies: which one to infer with, and rebuilding a float32 model under another.
 
 `inference_policy()` picks `mixed_float16` on a GPU, `mixed_bfloat16` on a CPU with native bf16
-(AMX or AVX512_BF16 in /proc/cpuinfo), else `float32`. `rebuild_with_policy(model, policy)` clones a
-loaded model's architecture with every layer under `policy` except the model's output layers
-(which our builders keep float32), then copies the weights, so predictions stay float32.
+(AMX or AVX512_BF16 in /proc/cpuinfo), else `float32`. `inference_plan(precision, xla, gpu,
+flags)` turns a run's `--precision` and `--xla` into that policy and whether to compile with XLA
+(on by default with a GPU only: on a CPU, XLA measured no faster than TF's own graph).
+`rebuild_with_policy(model, policy)` clones a loaded model's architecture with every layer under
+`policy` except the model's output layers (which our builders keep float32), then copies the
+weights, so predictions stay float32.
 """
 
 from __future__ import annotations
@@ -41,11 +44,40 @@ def choose_policy(has_gpu: bool, flags: Collection[str]) -> str:
     return "float32"
 
 
-def inference_policy() -> str:
-    """The policy to run inference with on this machine (see `choose_policy`)."""
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (a CUDA build with a visible device)."""
     import tensorflow as tf
 
-    return choose_policy(bool(tf.config.list_physical_devices("GPU")), cpu_flags())
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def inference_policy() -> str:
+    """The policy to run inference with on this machine (see `choose_policy`)."""
+    return choose_policy(has_gpu(), cpu_flags())
+
+
+#: `--xla`: "auto" = on with a GPU, off on a CPU.
+XLA_CHOICES = ("auto", "on", "off")
+
+
+def inference_plan(precision: str, xla: str, gpu: bool, flags: Collection[str]) -> tuple[str, bool]:
+    """`(dtype policy, compile with XLA)` for inference: pure, from the detected device.
+
+    Args:
+        precision: one of `POLICIES`, or "auto" (`choose_policy`: `mixed_float16` on a GPU).
+        xla: one of `XLA_CHOICES`; "auto" compiles with XLA on a GPU only.
+        gpu: TensorFlow sees a GPU (`has_gpu()`).
+        flags: the CPU's feature flags (`cpu_flags()`).
+
+    Raises:
+        ValueError: `precision` or `xla` is not one of the allowed values.
+    """
+    if precision != "auto" and precision not in POLICIES:
+        raise ValueError(f"precision must be one of {(*POLICIES, 'auto')}; got {precision!r}")
+    if xla not in XLA_CHOICES:
+        raise ValueError(f"xla must be one of {XLA_CHOICES}; got {xla!r}")
+    policy = choose_policy(gpu, flags) if precision == "auto" else precision
+    return policy, (gpu if xla == "auto" else xla == "on")
 
 
 @contextmanager
