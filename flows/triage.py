@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline import manifest
 from pipeline.preflight import check_dask_address, check_run_paths
 from pipeline.quality import DEFAULT_LIMITS, Limits
+from pipeline.records import PatientResult, RunSummary
 from pipeline.run import (
     EXIT_CANNOT_RUN,
     EXIT_OK,
@@ -35,12 +36,12 @@ from pipeline.run_summary import worklist_markdown
 
 
 @task(name="triage-patient", cache_policy=NO_CACHE, retries=0)
-def triage_patient_task(job: PatientJob) -> dict[str, Any]:
+def triage_patient_task(job: PatientJob) -> PatientResult:
     """One patient (`pipeline.run.run_patient_job`); the run name carries no patient key."""
     return run_patient_job(job)
 
 
-def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[dict[str, Any]]:
+def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
     """`run_triage`'s `map_fn`: a task per patient on the flow's runner, records as they finish."""
     futures = [triage_patient_task.submit(job) for job in jobs]
     for future in as_completed(futures):
@@ -169,7 +170,7 @@ def cli_triage(args: argparse.Namespace) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    m = result["metrics"]
+    m = RunSummary.from_dict(result["metrics"])
     t = result["threshold"]
     print(
         f"threshold: slices with P(tumour) > {1.0 - t:.4g} are segmented (P(normal) < {t:.4g}; "
@@ -178,13 +179,11 @@ def cli_triage(args: argparse.Namespace) -> int:
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"{int(m['patients'])} patients, {int(m['slices'])} slices, "
-        f"{int(m['slices_segmented'])} segmented, {int(m['failures'])} failed; "
-        f"{m['slices_per_s']:.1f} slices/s"
+        f"{m.patients} patients, {m.slices} slices, {m.slices_segmented} segmented, "
+        f"{m.failures} failed; {m.slices_per_s:.1f} slices/s"
     )
-    for key in ("gate_sensitivity_slice", "gate_sensitivity_patient", "dice_patient_mean"):
-        if key in m:
-            print(f"{key}: {m[key]:.3f}")
+    for key, value in m.truth_figures().items():
+        print(f"{key}: {value:.3f}")
     print(f"worklist: {result['index_html']}\nsummary:  {result['summary_csv']}")
     if result["exit_code"]:
         print("some patients failed or lost files: see the summary", file=sys.stderr)

@@ -33,6 +33,7 @@ from pipeline.postprocess import (
 )
 from pipeline.postprocess import threshold_probabilities as binarise
 from pipeline.quality import DEFAULT_LIMITS, Limits
+from pipeline.records import CHANGED, DONE, FAILED, NEW, SKIPPED, PatientResult, TruthMetrics
 from pipeline.safety import clean_reason, output_name
 from pipeline.triage import DEFAULT_THRESHOLD, check_threshold, route_slices
 
@@ -275,7 +276,7 @@ def _gt_metrics(
     flagged: np.ndarray,
     pred: np.ndarray,
     spacing: Sequence[float] = (float("nan"),) * 3,
-) -> dict:
+) -> TruthMetrics:
     """End-to-end figures against ground truth over the labelled slices (`usable`).
 
     `dice` pools every labelled slice (tumour on a slice the gate dropped counts as missed),
@@ -289,20 +290,20 @@ def _gt_metrics(
     caught = int((tumour & f).sum())
     sx, sy, sz = (float(v) for v in spacing)
     dist = hd95(t, p, (sz, sy, sx)) if len(t) else float("nan")
-    return {
-        "gt_tumour_slices": int(tumour.sum()),
-        "gate_caught_slices": caught,
-        "gate_missed_slices": int(tumour.sum()) - caught,
-        "gate_sensitivity": caught / int(tumour.sum()) if tumour.any() else None,
+    return TruthMetrics(
+        gt_tumour_slices=int(tumour.sum()),
+        gate_caught_slices=caught,
+        gate_missed_slices=int(tumour.sum()) - caught,
+        gate_sensitivity=caught / int(tumour.sum()) if tumour.any() else None,
         # Over ALL labelled slices: tumour on a slice the gate dropped counts against Dice.
-        "dice": per_patient(t, p, ["p"] * len(t))["p"]["dice"] if len(t) else None,
-        "dice_tumour_slices": (
+        dice=per_patient(t, p, ["p"] * len(t))["p"]["dice"] if len(t) else None,
+        dice_tumour_slices=(
             per_patient(t[tumour], p[tumour], ["p"] * int(tumour.sum()))["p"]["dice"]
             if tumour.any()
             else None
         ),
-        "hd95": dist if np.isfinite(dist) else None,
-    }
+        hd95=dist if np.isfinite(dist) else None,
+    )
 
 
 def triage_patient(
@@ -311,7 +312,8 @@ def triage_patient(
     """Run the whole pipeline on one patient and move its outputs into `out_dir/<patient>/`.
 
     Returns:
-        The patient's `report.json` content (per-slice records, summary, metrics, timings).
+        The patient's `report.json` content: `slices` (`SliceRecord.to_dict()` each), `summary`
+        (`Findings`), `metrics` (`TruthMetrics`, with ground truth only), timings and settings.
 
     Raises:
         ArchiveError, ValueError: unreadable or inconsistent input (nothing is written then).
@@ -347,6 +349,7 @@ def triage_patient(
     gt_px = None if ps.masks is None else ps.masks.sum(axis=(1, 2))
     px = pred.sum(axis=(1, 2))
     recs = report.slice_records(ps.slices, p_normal, flagged, px, ps.spacing, gt_px)
+    findings = report.patient_summary(recs, ps.spacing)
     rep: dict[str, Any] = {
         "patient": ps.patient,
         "status": "done",
@@ -358,24 +361,23 @@ def triage_patient(
             k: {"uri": models.uris[k], "version": v, "runtime": models.runtimes.get(k, "tf")}
             for k, v in models.versions().items()
         },
-        "slices": recs,
-        "summary": report.patient_summary(recs, ps.spacing),
+        "slices": [r.to_dict() for r in recs],
+        "summary": findings.to_dict(),
         "disclaimer": report.DISCLAIMER,
     }
     if ps.dicom is not None:  # which series was read and why (no identities, UIDs or dates)
         rep["series"] = ps.dicom.describe()
     if ps.masks is not None:
-        rep["metrics"] = _gt_metrics(
-            ps.masks, np.asarray(ps.has_mask, bool), flagged, pred, ps.spacing
-        )
+        truth = _gt_metrics(ps.masks, np.asarray(ps.has_mask, bool), flagged, pred, ps.spacing)
+        rep["metrics"] = truth.to_dict()
     name = output_name(ps.patient)  # keys are data: never a path (pipeline.safety)
     rep["output"] = name
     stage = manifest.staging_dir(out_dir, name)
     rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name)]
     flair = ps.images[:, :, :, 1]  # channel 1 = FLAIR; every slice goes into the viewer
     view = viewer.viewer_data(flair, pred, ps.masks, recs)
-    big = rep["summary"]["largest_slice"]
-    i = recs.index(next(r for r in recs if r["slice"] == big)) if big is not None else n // 2
+    big = findings.largest_slice
+    i = next(j for j, r in enumerate(recs) if r.slice == big) if big is not None else n // 2
     gt_i = None if ps.masks is None else ps.masks[i]
     (stage / viewer.THUMB_NAME).write_bytes(viewer.thumbnail(flair[i], pred[i], gt_i))
     t["write"] = time.perf_counter()
@@ -396,15 +398,15 @@ def process_patient(
     settings: TriageSettings,
     previous: Mapping[str, Any] | None = None,
     force: bool = False,
-) -> dict[str, Any]:
+) -> PatientResult:
     """Triage one patient unless it is already done with the same inputs, models and settings.
 
-    Never raises for bad input: a failure comes back as a record with `status="failed"` and its
-    reason, so the rest of the archive is processed.
+    Never raises for bad input: a failure comes back as a `FAILED` result with its reason, so the
+    rest of the archive is processed.
 
     Returns:
-        A small record (a `summary.csv` row) plus `key` (the manifest key), `status` ("done",
-        "skipped" or "failed") and, with ground truth, the counts the run-level metrics need.
+        Its `PatientResult`: `DONE` (with `change` `NEW` or `CHANGED`), `SKIPPED` (read back from
+        the earlier run's `report.json`) or `FAILED`; `key` is the manifest key of its work.
     """
     patient = str(rows["patient"].iloc[0])
     name = output_name(patient)
@@ -415,49 +417,8 @@ def process_patient(
         prev = {patient: previous} if previous else {}
         if not force and manifest.is_done(prev, out_dir, patient, key, name):
             rep = json.loads((out_dir / name / "report.json").read_text(encoding="utf-8"))
-            return {**_record(rep), "status": "skipped", "key": key}
-        rec = _record(triage_patient(rows, out_dir, models, settings))
-        return {**rec, "key": key, "change": "changed" if previous else "new"}
+            return PatientResult.from_report({"output": name, **rep}, SKIPPED, key)
+        rep = triage_patient(rows, out_dir, models, settings)
+        return PatientResult.from_report(rep, DONE, key, CHANGED if previous else NEW)
     except Exception as exc:  # one bad patient must not stop the archive
-        return {"patient": patient, "output": name, "status": "failed", "reason": clean_reason(exc)}
-
-
-def _record(rep: Mapping[str, Any]) -> dict[str, Any]:
-    rec = report.record_from_report(rep)
-    for k in ("gt_tumour_slices", "gate_caught_slices", "gate_missed_slices"):
-        rec[k] = rep.get("metrics", {}).get(k)
-    rec["has_gt"] = "metrics" in rep
-    rec["segmenter_calls"] = len(rep["summary"]["flagged_slices"])
-    return rec
-
-
-def run_metrics(records: Sequence[Mapping[str, Any]], seconds: float) -> dict[str, float]:
-    """Run-level figures for MLflow (no patient keys): counts, throughput, end-to-end metrics."""
-    ok = [r for r in records if r.get("status") in ("done", "skipped")]
-    slices = sum(int(r.get("slices") or 0) for r in ok)
-    calls = sum(int(r.get("segmenter_calls") or 0) for r in ok)
-    fresh = sum(int(r.get("slices") or 0) for r in ok if r.get("status") == "done")
-    out = {
-        "patients": float(len(records)),
-        "patients_done": float(sum(r.get("status") == "done" for r in records)),
-        "patients_skipped": float(sum(r.get("status") == "skipped" for r in records)),
-        "failures": float(sum(r.get("status") == "failed" for r in records)),
-        "slices": float(slices),
-        "slices_segmented": float(calls),
-        "segmenter_calls_saved": float(slices - calls),
-        "slices_per_s": fresh / seconds if seconds > 0 else 0.0,
-        "tumour_patients_found": float(sum(bool(r.get("tumour_found")) for r in ok)),
-    }
-    gt = [r for r in ok if r.get("has_gt")]
-    tumour_slices = sum(int(r.get("gt_tumour_slices") or 0) for r in gt)
-    if tumour_slices:
-        caught = [int(r["gate_caught_slices"]) for r in gt]
-        out["gate_sensitivity_slice"] = sum(caught) / tumour_slices
-        pos = [c for r, c in zip(gt, caught, strict=True) if int(r["gt_tumour_slices"]) > 0]
-        out["gate_sensitivity_patient"] = sum(c > 0 for c in pos) / len(pos)
-        out["gate_missed_slices"] = float(sum(int(r["gate_missed_slices"]) for r in gt))
-    dice = [float(r["dice"]) for r in gt if r.get("dice") is not None]
-    if dice:
-        out["dice_patient_mean"] = float(np.mean(dice))
-        out["dice_patient_min"] = float(np.min(dice))
-    return out
+        return PatientResult(patient, name, FAILED, clean_reason(exc))

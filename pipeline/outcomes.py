@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pipeline.manifest import (
     INDEX_NAME,
@@ -20,25 +19,26 @@ from pipeline.manifest import (
     WORKLIST_NAME,
     output_hashes,
 )
+from pipeline.records import FAILED, PatientResult
 from pipeline.safety import output_name
 
 _MAX_REASON = 2000
 
 
 def merge_index_errors(
-    records: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, str]]
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Fold index errors into the per-patient records.
+    results: Sequence[PatientResult], errors: Sequence[Mapping[str, str]]
+) -> tuple[list[PatientResult], list[dict[str, str]]]:
+    """Fold index errors into the per-patient results.
 
     A patient that lost some files keeps its row with the reason appended; a patient with no usable
     slice at all (unreadable, all zero, too large, ...) gets a failed row of its own.
 
     Args:
-        records: one per triaged patient (`patient`, `status`, ...).
+        results: one per triaged patient.
         errors: `SliceIndex.errors` (`path`, `reason`, and `patient` when the file belongs to one).
 
     Returns:
-        `(records, skipped)`: the records (new list) and the errors that belong to no patient.
+        `(results, skipped)`: the results (new list) and the errors that belong to no patient.
     """
     by_patient: dict[str, list[str]] = {}
     skipped: list[dict[str, str]] = []
@@ -49,43 +49,32 @@ def merge_index_errors(
         by_patient.setdefault(err["patient"], []).append(
             f"{os.path.basename(err['path'])}: {err['reason']}"
         )
-    out = [dict(r) for r in records]
-    known = {r["patient"]: r for r in out}
+    out = list(results)
+    where = {r.patient: i for i, r in enumerate(out)}
     for patient, reasons in sorted(by_patient.items()):
         text = f"{len(reasons)} file(s) skipped: " + "; ".join(reasons)
-        if patient in known:
-            rec = known[patient]
-            rec["reason"] = "; ".join(filter(None, [rec.get("reason"), text]))[:_MAX_REASON]
+        if patient in where:
+            out[where[patient]] = out[where[patient]].with_reason(text, _MAX_REASON)
         else:
-            out.append(
-                {
-                    "patient": patient,
-                    "output": output_name(patient),
-                    "status": "failed",
-                    "reason": text[:_MAX_REASON],
-                }
-            )
+            failed = PatientResult(patient, output_name(patient), FAILED)
+            out.append(failed.with_reason(text, _MAX_REASON))
     return out, skipped
 
 
-def done_entry(out_dir: Path, record: Mapping[str, Any], models: Mapping[str, str]) -> dict:
-    """The manifest entry of a patient just finished: its key, folder and output hashes."""
-    folder = str(record.get("output") or output_name(str(record["patient"])))
+def done_entry(out_dir: Path, result: PatientResult, models: Mapping[str, str]) -> dict:
+    """The manifest entry (format `pipeline.manifest`, version 1) of a patient just finished:
+    its key, folder and output hashes."""
     return {
-        "key": record["key"],
+        "key": result.key,
         "status": "done",
         "models": dict(models),
-        "folder": folder,
-        "outputs": output_hashes(out_dir / folder),
+        "folder": result.output,
+        "outputs": output_hashes(out_dir / result.output),
     }
 
 
-def own_outputs(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def own_outputs(results: Sequence[PatientResult]) -> list[str]:
     """Names in `OUT/` this run stands behind: its reports, manifest, and the folders of the
     patients it finished or found finished (never other files a user keeps there)."""
-    folders = [
-        str(r.get("output") or output_name(str(r["patient"])))
-        for r in records
-        if r.get("status") in ("done", "skipped")
-    ]
-    return [SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME, MANIFEST_NAME, *sorted(set(folders))]
+    folders = {r.output for r in results if r.ok}
+    return [SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME, MANIFEST_NAME, *sorted(folders)]

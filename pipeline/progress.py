@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 
 def progress_line(done: int, total: int, slices: int, total_slices: int, seconds: float) -> str:
@@ -29,10 +29,10 @@ class Progress:
         self.done = self.slices = 0
         self.start = time.perf_counter()
 
-    def update(self, record: dict[str, Any]) -> None:
-        """One patient finished (its record's `slices` count toward the rate)."""
+    def update(self, slices: int) -> None:
+        """One patient finished; its `slices` count toward the rate."""
         self.done += 1
-        self.slices += int(record.get("slices") or 0)
+        self.slices += int(slices)
         if self.enabled:
             line = progress_line(
                 self.done, self.total, self.slices, self.total_slices,

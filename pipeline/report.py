@@ -1,8 +1,10 @@
 """Reports a reader can open: per patient `report.json` + `report.html`, per run `summary.csv` +
 `index.html` (a worklist, tumour found first, then by volume, then by uncertainty).
 
-Everything here is pure (dicts and arrays in, strings and bytes out) except the `write_*` helpers,
-which write atomically. Patient keys appear in these files: they are the user's own outputs.
+Everything here is pure (records and arrays in, strings and bytes out) except the `write_*` helpers,
+which write atomically. The run's files are rendered from `pipeline.records` (`PatientResult` per
+patient); a patient page from its `report.json` content, read through the same records. Patient keys
+appear in these files: they are the user's own outputs.
 """
 
 from __future__ import annotations
@@ -23,17 +25,22 @@ import numpy as np
 from PIL import Image
 
 from pipeline.manifest import INDEX_NAME, SUMMARY_NAME, WORKLIST_NAME, atomic_write_text
-from pipeline.safety import csv_cell, display_text, output_name
+from pipeline.records import (
+    FAILED,
+    ROW_COLUMNS,
+    SKIPPED,
+    Findings,
+    PatientResult,
+    SliceRecord,
+    TruthMetrics,
+)
+from pipeline.safety import csv_cell, display_text
 from pipeline.triage import ROUTE_SEGMENTED, final_labels, route_names, uncertainty
 
 DISCLAIMER = (
     "Research use only, not a medical device. Findings must be reviewed by a qualified reader."
 )
-SUMMARY_COLUMNS = [
-    "priority", "patient", "status", "reason", "tumour_found", "volume_ml", "tumour_pixels",
-    "slices", "flagged_slices", "tumour_slices", "largest_slice", "uncertainty", "max_p_tumour",
-    "gate_sensitivity", "dice", "seconds",
-]  # fmt: skip
+SUMMARY_COLUMNS = ["priority", *ROW_COLUMNS]
 _GRAY_LEVELS = 254  # palette entries 0-253: gray; 254: outline; 255: caption
 _OUTLINE, _CAPTION = 254, 255
 _GRAYS = [v for g in range(_GRAY_LEVELS) for v in (g * 255 // (_GRAY_LEVELS - 1),) * 3]
@@ -52,7 +59,7 @@ def slice_records(
     mask_pixels: np.ndarray,
     spacing: Sequence[float],
     gt_pixels: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
+) -> list[SliceRecord]:
     """One record per slice for `report.json`.
 
     Args:
@@ -64,8 +71,8 @@ def slice_records(
         gt_pixels: `(N,)` ground-truth tumour pixels, or None without masks.
 
     Returns:
-        Dicts with `slice`, `p_tumour`, `route`, `tumour`, `mask_pixels`, `mask_mm2` (None when the
-        in-plane spacing is unknown) and, with ground truth, `gt_pixels`.
+        `SliceRecord`s (`mask_mm2` None when the in-plane spacing is unknown, `gt_pixels` None
+        without ground truth).
     """
     pixel_mm2 = _finite(float(spacing[0]) * float(spacing[1]))
     routes = route_names(flagged)  # the rule lives in pipeline.triage, not here
@@ -73,44 +80,42 @@ def slice_records(
     out = []
     for i, k in enumerate(slices):
         px = int(mask_pixels[i])
-        rec: dict[str, Any] = {
-            "slice": int(k),
-            "p_tumour": _finite(1.0 - float(p_normal[i])),
-            "route": routes[i],
-            "tumour": bool(tumour[i]),
-            "mask_pixels": px,
-            "mask_mm2": None if pixel_mm2 is None else round(px * pixel_mm2, 3),
-        }
-        if gt_pixels is not None:
-            rec["gt_pixels"] = int(gt_pixels[i])
-        out.append(rec)
+        out.append(
+            SliceRecord(
+                slice=int(k),
+                p_tumour=_finite(1.0 - float(p_normal[i])),
+                route=routes[i],
+                tumour=bool(tumour[i]),
+                mask_pixels=px,
+                mask_mm2=None if pixel_mm2 is None else round(px * pixel_mm2, 3),
+                gt_pixels=None if gt_pixels is None else int(gt_pixels[i]),
+            )
+        )
     return out
 
 
-def patient_summary(records: Sequence[Mapping[str, Any]], spacing: Sequence[float]) -> dict:
-    """Per-patient figures from the slice records.
+def patient_summary(records: Sequence[SliceRecord], spacing: Sequence[float]) -> Findings:
+    """A patient's `Findings` from its slice records and voxel spacing `(sx, sy, sz)` in mm.
 
-    Returns:
-        `slices`, `flagged_slices`/`tumour_slices` (slice numbers), `tumour_found`, `tumour_pixels`,
-        `volume_ml` (None unless all three spacings are known), `largest_slice` (None without
-        tumour), `max_p_tumour`, `uncertainty` (max of 1 - |2p - 1|, 1 = a coin toss).
+    `volume_ml` is None unless all three spacings are known; `uncertainty` is the max over slices
+    of 1 - |2p - 1| (1 = a coin toss).
     """
     voxel_ml = _finite(float(np.prod([float(s) for s in spacing])) / 1000.0)
-    tumour = [r for r in records if r["tumour"]]
-    pixels = int(sum(r["mask_pixels"] for r in tumour))
-    p = [r["p_tumour"] for r in records if r["p_tumour"] is not None]
-    largest = max(tumour, key=lambda r: r["mask_pixels"]) if tumour else None
-    return {
-        "slices": len(records),
-        "flagged_slices": [r["slice"] for r in records if r["route"] == ROUTE_SEGMENTED],
-        "tumour_slices": [r["slice"] for r in tumour],
-        "tumour_found": bool(tumour),
-        "tumour_pixels": pixels,
-        "volume_ml": None if voxel_ml is None else round(pixels * voxel_ml, 3),
-        "largest_slice": None if largest is None else largest["slice"],
-        "max_p_tumour": max(p) if p else None,
-        "uncertainty": uncertainty(np.asarray(p, dtype=np.float64)),  # symmetric in p
-    }
+    tumour = [r for r in records if r.tumour]
+    pixels = int(sum(r.mask_pixels for r in tumour))
+    p = [r.p_tumour for r in records if r.p_tumour is not None]
+    largest = max(tumour, key=lambda r: r.mask_pixels) if tumour else None
+    return Findings(
+        slices=len(records),
+        flagged_slices=tuple(r.slice for r in records if r.route == ROUTE_SEGMENTED),
+        tumour_slices=tuple(r.slice for r in tumour),
+        tumour_found=bool(tumour),
+        tumour_pixels=pixels,
+        volume_ml=None if voxel_ml is None else round(pixels * voxel_ml, 3),
+        largest_slice=None if largest is None else largest.slice,
+        max_p_tumour=max(p) if p else None,
+        uncertainty=uncertainty(np.asarray(p, dtype=np.float64)),  # symmetric in p
+    )
 
 
 def overlay_montage(
@@ -201,16 +206,18 @@ def _model_name(m: Mapping[str, Any]) -> str:
     return f"{Path(uri).name or 'champion'} (version {version})"
 
 
-def _ground_truth_facts(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def _ground_truth_facts(truth: TruthMetrics | None, found: Findings) -> list[tuple[str, Any]]:
     """Figures against the archive's masks; a tumour-free patient gets words, not "Dice 1.000"."""
-    metrics = report.get("metrics")
-    if not metrics:
+    if truth is None:
         return []
-    if not metrics.get("gt_tumour_slices"):
-        found = report["summary"]["tumour_slices"]
-        verdict = f"found tumour on {len(found)} slices (false positive)" if found else "found none"
+    if not truth.gt_tumour_slices:
+        n = len(found.tumour_slices)
+        verdict = f"found tumour on {n} slices (false positive)" if n else "found none"
         return [("vs ground truth", f"no tumour in the ground-truth masks; the pipeline {verdict}")]
-    return [(f"vs ground truth: {_METRIC_LABELS.get(k, k)}", _fmt(v)) for k, v in metrics.items()]
+    return [
+        (f"vs ground truth: {_METRIC_LABELS.get(k, k)}", _fmt(v))
+        for k, v in truth.to_dict().items()
+    ]
 
 
 _METRIC_LABELS = {
@@ -232,24 +239,27 @@ def render_patient_html(
     """Self-contained HTML page for one patient.
 
     Args:
-        report: the `report.json` content.
+        report: the `report.json` content (its slices, summary and metrics are read as
+            `SliceRecord`, `Findings` and `TruthMetrics`).
         montage_png: flagged-slice montage, shown only when there is no `viewer`.
         viewer: `pipeline.viewer.viewer_data` (every slice, outlines), embedded as JSON.
     """
     from pipeline.viewer import review_lists
 
-    s = report["summary"]
+    s = Findings.from_dict(report["summary"])
+    slices = [SliceRecord.from_dict(r) for r in report["slices"]]
+    truth = None if report.get("metrics") is None else TruthMetrics.from_dict(report["metrics"])
     threshold = float(report["threshold"])
     facts: list[tuple[str, Any]] = [
-        ("Tumour found", "yes" if s["tumour_found"] else "no"),
-        ("Tumour volume (mL)", _fmt(s["volume_ml"])),
-        ("Slices with tumour", ", ".join(map(str, s["tumour_slices"])) or "none"),
-        ("Largest slice", _fmt(s["largest_slice"])),
-        ("Highest P(tumour)", _fmt(s["max_p_tumour"])),
-        ("Slices", s["slices"]),
-        ("Segmented (P(tumour) above the cut)", len(s["flagged_slices"])),
-        ("Tumour area (pixels)", s["tumour_pixels"]),
-        ("Uncertainty (1 = coin toss)", _fmt(s["uncertainty"])),
+        ("Tumour found", "yes" if s.tumour_found else "no"),
+        ("Tumour volume (mL)", _fmt(s.volume_ml)),
+        ("Slices with tumour", ", ".join(map(str, s.tumour_slices)) or "none"),
+        ("Largest slice", _fmt(s.largest_slice)),
+        ("Highest P(tumour)", _fmt(s.max_p_tumour)),
+        ("Slices", s.slices),
+        ("Segmented (P(tumour) above the cut)", len(s.flagged_slices)),
+        ("Tumour area (pixels)", s.tumour_pixels),
+        ("Uncertainty (1 = coin toss)", _fmt(s.uncertainty)),
         ("Slices segmented above P(tumour)", _fmt(1.0 - threshold, 4)),
     ]
     if "series" in report:  # DICOM: which series was read, and why
@@ -258,9 +268,9 @@ def render_patient_html(
         facts.append(("Series chosen by", series["selection"]))
     for stage, m in report["models"].items():
         facts.append((f"{stage.capitalize()} model", _model_name(m)))
-    facts.extend(_ground_truth_facts(report))
+    facts.extend(_ground_truth_facts(truth, s))
     b64 = None
-    if viewer is None and montage_png is not None and s["flagged_slices"]:
+    if viewer is None and montage_png is not None and s.flagged_slices:
         b64 = base64.b64encode(montage_png).decode("ascii")
     return _render(
         "report.html",
@@ -268,63 +278,41 @@ def render_patient_html(
         facts=[(display_text(str(k)), display_text(str(v))) for k, v in facts],
         montage_b64=b64,
         viewer=viewer,
-        review=review_lists(report["slices"]),
-        has_gt="metrics" in report,
-        gt_tumour=bool(report.get("metrics", {}).get("gt_tumour_slices")),
-        slices=report["slices"],
+        review=review_lists(slices),
+        has_gt=truth is not None,
+        gt_tumour=bool(truth and truth.gt_tumour_slices),
+        slices=slices,
     )
 
 
-def record_from_report(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The small per-patient record (a `summary.csv` row) from a `report.json` dict."""
-    s = report["summary"]
-    metrics = report.get("metrics", {})
-    return {
-        "patient": report["patient"],
-        "output": report.get("output") or output_name(str(report["patient"])),
-        "status": report.get("status", "done"),
-        "reason": "",
-        "tumour_found": s["tumour_found"],
-        "volume_ml": s["volume_ml"],
-        "tumour_pixels": s["tumour_pixels"],
-        "slices": s["slices"],
-        "flagged_slices": len(s["flagged_slices"]),
-        "tumour_slices": len(s["tumour_slices"]),
-        "largest_slice": s["largest_slice"],
-        "uncertainty": s["uncertainty"],
-        "max_p_tumour": s["max_p_tumour"],
-        "gate_sensitivity": metrics.get("gate_sensitivity"),
-        "dice": metrics.get("dice"),
-        "seconds": report.get("timings_s", {}).get("total"),
-    }
-
-
-def priority_order(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def priority_order(results: Sequence[PatientResult]) -> list[PatientResult]:
     """Worklist order: tumour found first, then by volume (tumour pixels when volume is unknown),
     then by uncertainty; failed patients last (they are listed separately with their reason)."""
 
-    def key(r: Mapping[str, Any]) -> tuple:
-        failed = r.get("status") == "failed"
-        size = r.get("volume_ml")
-        size = float(r.get("tumour_pixels") or 0) if size is None else float(size)
-        return (failed, not r.get("tumour_found", False), -size, -float(r.get("uncertainty") or 0))
+    def key(r: PatientResult) -> tuple:
+        f = r.findings
+        if f is None:
+            return (r.status == FAILED, True, 0.0, 0.0)
+        size = float(f.tumour_pixels) if f.volume_ml is None else float(f.volume_ml)
+        return (r.status == FAILED, not f.tumour_found, -size, -float(f.uncertainty or 0))
 
-    return sorted(records, key=key)
+    return sorted(results, key=key)
 
 
-def summary_csv(records: Sequence[Mapping[str, Any]]) -> str:
+def summary_csv(results: Sequence[PatientResult]) -> str:
     """`summary.csv` text: one row per patient in worklist order, with a `priority` column."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
-    for rank, rec in enumerate(priority_order(records), start=1):
-        row = {k: ("" if rec.get(k) is None else csv_cell(rec.get(k))) for k in SUMMARY_COLUMNS}
-        row["priority"] = rank
-        writer.writerow(row)
+    for rank, result in enumerate(priority_order(results), start=1):
+        cells = {k: "" if v is None else csv_cell(v) for k, v in result.row().items()}
+        writer.writerow({"priority": rank, **cells})
     return buf.getvalue()
 
 
-_CHANGE = {"new": "new", "changed": "changed", "skipped": "unchanged"}
+def _since(result: PatientResult) -> str:
+    """The worklist's "since last run" cell: new, changed or unchanged."""
+    return "unchanged" if result.status == SKIPPED else str(result.change or "")
 
 
 def _run_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -344,47 +332,33 @@ def _run_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_index_html(
-    records: Sequence[Mapping[str, Any]],
+    results: Sequence[PatientResult],
     run_info: Mapping[str, Any],
     skipped: Sequence[Mapping[str, str]] = (),
 ) -> str:
     """The run's worklist page, linking each patient's `report.html` (by its safe folder name).
 
     Args:
-        records: one per patient (`status` done, skipped or failed; `output` the folder name;
-            `change` "new"/"changed" for patients done in this run).
+        results: one per patient (failed ones are listed apart, with their reason).
         run_info: `date`, `archive`, `threshold`, `threshold_source`, `models` (stage -> version)
             and any further label -> value lines shown above the worklist.
         skipped: `{path, reason}` of files that belong to no patient (stray files, links).
     """
-    ordered = priority_order(records)
-    worklist = [
-        {
-            **r,
-            "output": r.get("output") or output_name(str(r["patient"])),
-            "since": _CHANGE.get(str(r.get("change") or r.get("status")), ""),
-        }
-        for r in ordered
-        if r.get("status") != "failed"
-    ]
+    ordered = priority_order(results)
     return _render(
         "index.html",
         "Triage worklist",
         run_info=_run_lines(run_info),
-        worklist=worklist,
-        failed=[r for r in ordered if r.get("status") == "failed"],
+        worklist=[(r.row(), r.output, _since(r)) for r in ordered if r.status != FAILED],
+        failed=[r for r in ordered if r.status == FAILED],
         skipped=list(skipped),
         summary_name=SUMMARY_NAME,
     )
 
 
-def worklist_js(records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any]) -> str:
+def worklist_js(results: Sequence[PatientResult], run_info: Mapping[str, Any]) -> str:
     """`worklist.js`: what a patient page needs from its run (worklist order, run details)."""
-    order = [
-        str(r.get("output") or output_name(str(r["patient"])))
-        for r in priority_order(records)
-        if r.get("status") != "failed"
-    ]
+    order = [r.output for r in priority_order(results) if r.status != FAILED]
     threshold = run_info.get("threshold")
     data = {
         "order": order,
@@ -399,13 +373,13 @@ def worklist_js(records: Sequence[Mapping[str, Any]], run_info: Mapping[str, Any
 
 def write_run_reports(
     out_dir: Path,
-    records: Sequence[Mapping[str, Any]],
+    results: Sequence[PatientResult],
     run_info: Mapping[str, Any],
     skipped: Sequence[Mapping[str, str]] = (),
 ) -> tuple[Path, Path]:
     """Write `summary.csv`, `index.html` and `worklist.js` atomically; returns the first two."""
     csv_path, index_path = out_dir / SUMMARY_NAME, out_dir / INDEX_NAME
-    atomic_write_text(csv_path, summary_csv(records))
-    atomic_write_text(index_path, render_index_html(records, run_info, skipped))
-    atomic_write_text(out_dir / WORKLIST_NAME, worklist_js(records, run_info))
+    atomic_write_text(csv_path, summary_csv(results))
+    atomic_write_text(index_path, render_index_html(results, run_info, skipped))
+    atomic_write_text(out_dir / WORKLIST_NAME, worklist_js(results, run_info))
     return csv_path, index_path

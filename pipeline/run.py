@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline import manifest
-from pipeline.inference import TriageSettings, process_patient, run_metrics
+from pipeline.inference import TriageSettings, process_patient
 from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
 from pipeline.postprocess import DEFAULT_MIN_COMPONENT
 from pipeline.preflight import check_run_paths
 from pipeline.progress import Progress
 from pipeline.quality import DEFAULT_LIMITS, Limits
+from pipeline.records import DONE, PatientResult, RunSummary
 from pipeline.report import DISCLAIMER, write_run_reports
 from pipeline.triage import bypass_warning, resolve_threshold
 
@@ -80,7 +81,7 @@ class RunResult:
     """What a run returns (`as_dict()` is the flow's return value)."""
 
     exit_code: int
-    metrics: dict[str, float]
+    summary: RunSummary
     out: str
     summary_csv: str
     index_html: str
@@ -90,14 +91,16 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON: the fields, with the summary as `metrics` (`RunSummary.metrics()`)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "summary"}
+        return {**out, "metrics": self.summary.metrics(), "warnings": list(self.warnings)}
 
 
-MapFn = Callable[[Sequence[PatientJob]], Iterable[dict[str, Any]]]
+MapFn = Callable[[Sequence[PatientJob]], Iterable[PatientResult]]
 
 
-def run_patient_job(job: PatientJob) -> dict[str, Any]:
-    """One patient: its index rows in, its small record out (models cached per process)."""
+def run_patient_job(job: PatientJob) -> PatientResult:
+    """One patient: its index rows in, its small result out (models cached per process)."""
     import pandas as pd
 
     s = TriageSettings(**job.settings)
@@ -107,7 +110,7 @@ def run_patient_job(job: PatientJob) -> dict[str, Any]:
     )
 
 
-def serial_map(jobs: Sequence[PatientJob]) -> Iterator[dict[str, Any]]:
+def serial_map(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
     """Patients one after another in this process (no scheduler)."""
     for job in jobs:
         yield run_patient_job(job)
@@ -144,7 +147,7 @@ def run_triage(
         archive: the archive root (never written).
         out: the output folder (must not overlap the archive).
         options: models, threshold and settings.
-        map_fn: runs the patients' jobs and yields their records as they finish.
+        map_fn: runs the patients' jobs and yields their `PatientResult`s as they finish.
         log: where progress goes (no patient keys are ever logged).
         track_fn: logs the MLflow run (default `pipeline.tracking.log_triage_run`; the flow passes
             a task that retries it, a tracking server being the one transient failure here).
@@ -191,20 +194,19 @@ def run_triage(
             )
             for patient, rows in groups
         ]
-        records = []
+        records: list[PatientResult] = []
         progress = Progress(len(jobs), len(index.table))  # a terminal only
         for rec in map_fn(jobs):
             records.append(rec)
-            progress.update(rec)
-            if rec["status"] == "done":
+            progress.update(rec.slice_count)
+            if rec.status == DONE:
                 entry = done_entry(out_dir, rec, models.versions())
-                manifest.record_patient(out_dir, rec["patient"], entry)
+                manifest.record_patient(out_dir, rec.patient, entry)
         progress.close()
         seconds = time.perf_counter() - start
         records, skipped = merge_index_errors(records, index.errors)
-        metrics = run_metrics(records, seconds)
-        metrics["files_skipped"] = float(len(index.errors))
-        bypass = bypass_warning(int(metrics["slices_segmented"]), int(metrics["slices"]))
+        summary = RunSummary.of(records, seconds, files_skipped=len(index.errors))
+        bypass = bypass_warning(summary.slices_segmented, summary.slices)
         warnings = [bypass] if bypass else []
         for warning in warnings:
             log.warning(warning)
@@ -221,11 +223,11 @@ def run_triage(
             from pipeline.dicom_case import write_key_map
 
             write_key_map(out_dir, index.table)
-    failed = int(metrics["failures"]) + len(index.errors)
+    failed = summary.failures + len(index.errors)
     log.info(
         "%d patients (%d done, %d skipped as already done, %d failed), %.1f slices/s",
-        int(metrics["patients"]), int(metrics["patients_done"]),
-        int(metrics["patients_skipped"]), int(metrics["failures"]), metrics["slices_per_s"],
+        summary.patients, summary.patients_done, summary.patients_skipped, summary.failures,
+        summary.slices_per_s,
     )  # fmt: skip
     run_id = None
     if o.track:
@@ -234,10 +236,10 @@ def run_triage(
         params = _mlflow_params(o, models, threshold, source, index.table)
         shared = own_outputs(records) if o.log_outputs else []  # patient-keyed files: opt-in
         track = track_fn or log_triage_run
-        run_id = track(params, metrics, out_dir, include=shared, started=began)
+        run_id = track(params, summary.metrics(), out_dir, include=shared, started=began)
     return RunResult(
         exit_code=EXIT_FAILURES if failed else EXIT_OK,
-        metrics=metrics,
+        summary=summary,
         out=str(out_dir),
         summary_csv=str(csv_path),
         index_html=str(index_path),

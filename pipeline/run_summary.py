@@ -24,7 +24,7 @@ _ROWS = (
 
 def worklist_markdown(result: RunResult) -> str:
     """Markdown table of the run's figures, its threshold, warnings and where the worklist is."""
-    m = result.metrics
+    m = result.summary.metrics()
     lines = [
         "# mri-triage run",
         "",

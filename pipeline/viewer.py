@@ -9,12 +9,13 @@ sharp at any zoom and cost a few bytes per slice. OpenCV encodes (~0.2 ms per 25
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pipeline.records import SliceRecord
 from pipeline.triage import ROUTE_SEGMENTED
 
 #: Longest image edge embedded per slice (native size when smaller).
@@ -59,7 +60,7 @@ def viewer_data(
     flair: np.ndarray,
     pred: np.ndarray,
     gt: np.ndarray | None,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[SliceRecord],
     max_edge: int = MAX_EDGE,
 ) -> dict[str, Any]:
     """Everything the slice viewer draws, one entry per slice.
@@ -74,14 +75,13 @@ def viewer_data(
     Returns:
         `w`, `h` (native grid), `start` (index of the largest finding, else the middle slice),
         `images` (base64 JPEG), `pred` and `gt` (polygons per slice; `gt` None without masks),
-        and `slices`: `{slice, p_tumour, route, tumour, mask_pixels, gt_pixels}` per slice.
+        and `slices`: `SliceRecord.to_dict()` per slice.
     """
     n, h, w = np.asarray(pred).shape
     jpegs = [_jpeg(_fit(_gray_u8(flair[i]), max_edge)) for i in range(n)]
     images = [base64.b64encode(b).decode("ascii") for b in jpegs]
-    px = [int(r["mask_pixels"]) for r in records]
+    px = [r.mask_pixels for r in records]
     start = int(np.argmax(px)) if any(px) else n // 2
-    keys = ("slice", "p_tumour", "route", "tumour", "mask_pixels", "gt_pixels")
     return {
         "w": int(w),
         "h": int(h),
@@ -89,27 +89,19 @@ def viewer_data(
         "images": images,
         "pred": [outline_polygons(pred[i]) for i in range(n)],
         "gt": None if gt is None else [outline_polygons(gt[i]) for i in range(n)],
-        "slices": [{k: r.get(k) for k in keys} for r in records],
+        "slices": [r.to_dict() for r in records],
     }
 
 
-def review_lists(records: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+def review_lists(records: Sequence[SliceRecord]) -> dict[str, list[int]]:
     """Slices a reader should look at twice.
 
     Returns:
         `gate_dropped`: tumour in the ground truth on slices the classifier called normal (empty
         without masks); `disagree`: slices the classifier flagged where the segmenter found nothing.
     """
-    dropped = [
-        int(r["slice"])
-        for r in records
-        if (r.get("gt_pixels") or 0) > 0 and r["route"] != ROUTE_SEGMENTED
-    ]
-    disagree = [
-        int(r["slice"])
-        for r in records
-        if r["route"] == ROUTE_SEGMENTED and int(r["mask_pixels"]) == 0
-    ]
+    dropped = [r.slice for r in records if (r.gt_pixels or 0) > 0 and r.route != ROUTE_SEGMENTED]
+    disagree = [r.slice for r in records if r.route == ROUTE_SEGMENTED and r.mask_pixels == 0]
     return {"gate_dropped": dropped, "disagree": disagree}
 
 

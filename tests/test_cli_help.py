@@ -102,8 +102,8 @@ def test_progress_on_a_terminal_only() -> None:
     tty, log = _Tty(), io.StringIO()
     for stream in (tty, log):
         p = Progress(2, 20, stream)
-        p.update({"slices": 10})
-        p.update({"slices": 10})
+        p.update(10)
+        p.update(10)
         p.close()
     assert "patients 2/2" in tty.getvalue() and "slices/s" in tty.getvalue()
     assert log.getvalue() == ""  # quiet in logs and pipes

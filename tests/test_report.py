@@ -10,12 +10,12 @@ import re
 import numpy as np
 from PIL import Image
 
+from pipeline.records import FAILED, Findings, PatientResult
 from pipeline.report import (
     DISCLAIMER,
     overlay_montage,
     patient_summary,
     priority_order,
-    record_from_report,
     render_index_html,
     render_patient_html,
     slice_records,
@@ -31,14 +31,17 @@ def _report() -> dict:
     slices = slice_records(
         [1, 2, 3, 4], p_normal, flagged, pixels, spacing, np.array([0, 100, 5, 0])
     )
+    metrics = {"gt_tumour_slices": 1, "gate_caught_slices": 1, "gate_missed_slices": 0,
+               "gate_sensitivity": 1.0, "dice": 0.8}  # fmt: skip
     return {
         "patient": "P<1>",
+        "output": "P_1",
         "status": "done",
         "threshold": 0.99,
         "models": {"classifier": {"uri": "x.keras", "version": "1"}},
-        "slices": slices,
-        "summary": patient_summary(slices, spacing),
-        "metrics": {"gate_sensitivity": 1.0, "dice": 0.8},
+        "slices": [s.to_dict() for s in slices],
+        "summary": patient_summary(slices, spacing).to_dict(),
+        "metrics": metrics,
         "timings_s": {"total": 1.5},
     }
 
@@ -61,8 +64,9 @@ def test_slice_records_and_summary() -> None:
 def test_unknown_spacing_gives_no_volume() -> None:
     nan = float("nan")
     recs = slice_records([1], np.array([0.1]), np.array([True]), np.array([7]), (nan, nan, nan))
-    assert recs[0]["mask_mm2"] is None
-    assert patient_summary(recs, (nan, nan, nan))["volume_ml"] is None
+    assert recs[0].mask_mm2 is None and recs[0].gt_pixels is None
+    assert "gt_pixels" not in recs[0].to_dict()  # no ground truth: no key, as report.json had
+    assert patient_summary(recs, (nan, nan, nan)).volume_ml is None
 
 
 def test_montage_outlines_mask() -> None:
@@ -92,24 +96,32 @@ def test_patient_html_is_self_contained() -> None:
     assert not re.search(r"(src|href)=['\"](?!data:|\.\./index\.html|\.\./worklist\.js)", page)
 
 
+def _done(patient: str, found: bool, volume: float | None = None, unsure: float = 0.0):
+    f = Findings(4, (1,), (1,) if found else (), found, 50 if found else 0, volume,
+                 1 if found else None, 0.9, unsure)  # fmt: skip
+    return PatientResult(patient, patient, "done", findings=f)
+
+
 def test_worklist_order_and_csv() -> None:
     recs = [
-        {"patient": "none", "status": "done", "tumour_found": False, "uncertainty": 0.1},
-        {"patient": "small", "status": "done", "tumour_found": True, "volume_ml": 1.0},
-        {"patient": "bad", "status": "failed", "reason": "unreadable file"},
-        {"patient": "big", "status": "done", "tumour_found": True, "volume_ml": 9.0},
-        {"patient": "unsure", "status": "done", "tumour_found": False, "uncertainty": 0.9},
+        _done("none", False, unsure=0.1),
+        _done("small", True, 1.0),
+        PatientResult("bad", "bad", FAILED, "unreadable file"),
+        _done("big", True, 9.0),
+        _done("unsure", False, unsure=0.9),
     ]
-    assert [r["patient"] for r in priority_order(recs)] == ["big", "small", "unsure", "none", "bad"]
+    assert [r.patient for r in priority_order(recs)] == ["big", "small", "unsure", "none", "bad"]
     rows = list(csv.DictReader(io.StringIO(summary_csv(recs))))
     assert [r["patient"] for r in rows] == ["big", "small", "unsure", "none", "bad"]
     assert rows[-1]["reason"] == "unreadable file" and rows[0]["priority"] == "1"
+    assert rows[-1]["slices"] == "" and rows[0]["flagged_slices"] == "1"  # a count, not a list
     page = render_index_html(recs, {"threshold": 0.99})
     assert page.index("big/report.html") < page.index("small/report.html")
     assert "unreadable file" in page and DISCLAIMER in page
 
 
-def test_record_from_report() -> None:
-    rec = record_from_report(_report())
-    assert rec["tumour_found"] is True
-    assert rec["flagged_slices"] == 2 and rec["dice"] == 0.8 and rec["seconds"] == 1.5
+def test_patient_result_from_report() -> None:
+    rec = PatientResult.from_report(_report(), "done", "k")
+    assert rec.findings is not None and rec.findings.tumour_found is True
+    assert rec.row()["flagged_slices"] == 2 and rec.row()["dice"] == 0.8
+    assert rec.seconds == 1.5 and rec.output == "P_1" and rec.key == "k"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import triage_helpers as th
 
+from pipeline.records import PatientResult, SliceRecord
 from pipeline.report import render_index_html, render_patient_html
 from pipeline.run import RunOptions, run_triage, serial_map
 from pipeline.synthetic import write_synthetic_archive
@@ -87,7 +88,8 @@ def _report(patient: str, gt_slices: int, dice: float | None) -> dict:
         "tumour_pixels": 0, "volume_ml": None, "largest_slice": None, "max_p_tumour": 0.9,
         "uncertainty": 0.2,
     }  # fmt: skip
-    metrics = {"gt_tumour_slices": gt_slices, "dice": dice}
+    metrics = {"gt_tumour_slices": gt_slices, "gate_caught_slices": gt_slices,
+               "gate_missed_slices": 0, "dice": dice}  # fmt: skip
     models = {"classifier": {"uri": "models:/mri-triage-classifier@champion", "version": "4"}}
     return {"patient": patient, "threshold": 0.5, "models": models, "slices": slices,
             "summary": summary, "metrics": metrics}  # fmt: skip
@@ -100,7 +102,7 @@ def test_tumour_free_patient_has_no_dice_of_one() -> None:
 
 
 def test_review_lists_dropped_and_disagreeing_slices() -> None:
-    lists = review_lists(_report("P1", 1, 0.0)["slices"])
+    lists = review_lists([SliceRecord.from_dict(s) for s in _report("P1", 1, 0.0)["slices"]])
     assert lists == {"gate_dropped": [1], "disagree": [2]}
 
 
@@ -108,9 +110,11 @@ def test_hostile_keys_are_escaped_everywhere() -> None:
     rep = _report(HOSTILE, 1, 0.5)
     mask = np.zeros((2, 8, 8), bool)
     mask[1, 2:5, 2:5] = True
-    view = viewer_data(np.zeros((2, 8, 8)), mask, mask, rep["slices"])
+    view = viewer_data(
+        np.zeros((2, 8, 8)), mask, mask, [SliceRecord.from_dict(s) for s in rep["slices"]]
+    )
     page = render_patient_html(rep, None, view)
-    index = render_index_html([{**rep["summary"], "patient": HOSTILE, "status": "done"}], {})
+    index = render_index_html([PatientResult.from_report({**rep, "output": "x"}, "done", None)], {})
     for html in (page, index):
         assert "<script>alert" not in html and "<img src=x" not in html
     assert len(re.findall(r"</script>", page)) == page.count("<script")  # no early close

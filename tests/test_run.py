@@ -21,8 +21,8 @@ def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
     options = RunOptions(clf, seg, threshold=0.99, track=False)
     with caplog.at_level(logging.INFO, logger="pipeline.run"):
         result = run_triage(archive, tmp_path / "out", options, serial_map)
-    assert result.exit_code == 1 and result.metrics["patients_done"] == 2  # 1: the stray file
-    assert result.metrics["files_skipped"] == 1 and result.threshold_source == "--threshold"
+    assert result.exit_code == 1 and result.summary.patients_done == 2  # 1: the stray file
+    assert result.summary.files_skipped == 1 and result.threshold_source == "--threshold"
     page = Path(result.index_html).read_text()
     assert "stray.tif" in page and "archive root" in page
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["patients"]
@@ -30,7 +30,7 @@ def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
     assert all(e["outputs"]["report.json"] for e in manifest.values())
     assert "SYN_0001" not in caplog.text and "triaging 2 patients" in caplog.text
     again = run_triage(archive, tmp_path / "out", options, serial_map)
-    assert again.metrics["patients_skipped"] == 2
+    assert again.summary.patients_skipped == 2
     with pytest.raises(ValueError, match="is the archive"):
         run_triage(archive, archive, options, serial_map)
 

@@ -146,7 +146,7 @@ def test_unreadable_at_load_time_is_a_failed_record(kaggle: Path, models: dict, 
     Path(rows["image_path"].iloc[2]).unlink()  # gone between indexing and loading
     loaded = load_triage_models(models["bright"], models["seg"])
     rec = process_patient(rows, tmp_path / "out", loaded, TriageSettings())
-    assert rec["status"] == "failed" and rec["patient"] == patient and rec["reason"]
+    assert rec.status == "failed" and rec.patient == patient and rec.reason
     assert not (tmp_path / "out" / patient).exists()
 
 
