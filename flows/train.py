@@ -31,6 +31,7 @@ from pipeline.training import (
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 #: `TrainConfig` fields the CLI may set beyond the flow's named parameters.
 RECIPE_OPTIONS = (
+    "pretrain_epochs",
     "optimizer",
     "schedule",
     "warmup",

@@ -240,6 +240,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 "PATH | none (default auto)",
             )
             t.add_argument("--trainable", default="all", help="all | frozen | top:N")
+            t.add_argument(
+                "--pretrain-epochs",
+                type=int,
+                default=None,
+                help="without weights: first train the backbone for N epochs as a U-Net encoder "
+                "on the masks, then fine-tune (0 = off; the cpu preset's value otherwise)",
+            )
         else:
             t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
             t.add_argument(

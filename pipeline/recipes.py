@@ -11,7 +11,8 @@ are logged with every run, so a run can be repeated from its MLflow params alone
   neighbouring slices as the three channels, per-patient intensity normalisation (so TIF and NIfTI
   sources look alike), AdamW with warm-up and cosine decay, checkpoints chosen on validation ROC AUC
   / per-patient Dice, and a segmenter that also sees a sampled share of tumour-free slices so it
-  learns to draw nothing.
+  learns to draw nothing. Without ImageNet weights the classifier's backbone is first trained for
+  8 epochs as a U-Net encoder on the masks (`pipeline.pretrain`), then fine-tuned with the head.
 - `gpu`: the `cpu` recipe at 256 px with a longer schedule and mixed precision.
 """
 
@@ -45,9 +46,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "classifier": {
             "image_size": 64,
-            "epochs": 20,
+            "pretrain_epochs": 8,
+            "pretrain_lr": 1e-3,
+            "epochs": 16,
             "batch": 32,
-            "lr": 1e-3,
+            "lr": 5e-4,
             "optimizer": "adamw",
             "schedule": "cosine",
             "warmup": 0.05,
@@ -79,7 +82,8 @@ PRESETS["gpu"] = {
     "classifier": {
         **PRESETS["cpu"]["classifier"],
         "image_size": 256,
-        "epochs": 40,
+        "pretrain_epochs": 15,
+        "epochs": 30,
         "patience": 12,
         "precision": "mixed_float16",
     },
@@ -110,6 +114,9 @@ def preset_values(preset: str | None, stage: str, pretrained: bool = False) -> d
     if stage not in PRESETS[preset]:
         raise ValueError(f"stage must be one of {sorted(PRESETS[preset])}, got {stage!r}")
     values = dict(PRESETS[preset][stage])
-    if stage == "classifier" and pretrained and "lr" in values:
-        values["lr"] = PRETRAINED_LR
+    if stage == "classifier" and pretrained:  # ImageNet (or local) weights: no mask pre-training
+        values.pop("pretrain_epochs", None)
+        values.pop("pretrain_lr", None)
+        if "lr" in values:
+            values["lr"] = PRETRAINED_LR
     return values

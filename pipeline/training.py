@@ -15,6 +15,7 @@ point in `pipeline.calibration` / `pipeline.metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import calibration, metrics, plots, recipe_fit, tracking, tracking_meta
+from pipeline import calibration, metrics, plots, pretrain, recipe_fit, tracking, tracking_meta
 from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
 from pipeline.index import build_index, check_no_leakage, fingerprint, split_patients
 from pipeline.preprocess import PreprocessConfig
@@ -78,6 +79,8 @@ class TrainConfig:
     select: str = "val_loss"
     calibrate: bool = True
     precision: str = "float32"
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-3
     register: bool = True
     experiment: str | None = None
     parent_run_id: str | None = None
@@ -122,6 +125,16 @@ class TrainConfig:
             raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
         recipe_fit.check_recipe(self)
         self.preprocess  # noqa: B018 - validates input_mode and normalize
+        if self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
+            raise ValueError(
+                f"need pretrain_epochs >= 0 and pretrain_lr > 0, got {self.pretrain_epochs}, "
+                f"{self.pretrain_lr}"
+            )
+        if self.pretrain_epochs and (self.stage != "classifier" or self.weights):
+            raise ValueError(
+                "pretrain_epochs (encoder pre-training on the masks) is for a classifier that "
+                f"starts without weights; got stage={self.stage!r}, weights={self.weights!r}"
+            )
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -399,8 +412,13 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
         tracking_meta.log_training_data(run_id, plan, config.archive)  # fingerprint, no keys
         from models.precision import policy_scope
 
-        with policy_scope(config.precision):
-            model = build_model(config, recipe_fit.steps_per_epoch(n_train, config.batch))
+        with policy_scope(config.precision), tempfile.TemporaryDirectory() as tmp:
+            built = config
+            if config.pretrain_epochs:  # transfer from the masks: the backbone learns as an encoder
+                encoder, figures = pretrain.pretrain_encoder(config, train, Path(tmp), run_id)
+                tracking.log_metrics(run_id, figures)
+                built = dataclasses.replace(config, weights=str(encoder))
+            model = build_model(built, recipe_fit.steps_per_epoch(n_train, config.batch))
         fitted = recipe_fit.fit(
             model,
             make_dataset(

@@ -21,6 +21,7 @@ from pipeline.synthetic import write_synthetic_archive
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2
+PRETRAIN_EPOCHS = 1
 COMMON = ["--epochs", str(EPOCHS), "--image-size", "64", "--batch", "8", "--seed", "0"]
 PATIENT_KEY = re.compile(r"SYN_\d{4}")
 PARAMS = ["architecture", "backbone", "weights", "trainable", "image_size", "epochs", "lr", "batch"]
@@ -41,6 +42,7 @@ def trained(
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(tmp / "artifacts"))
         clf = ["--backbone", "vgg16", "--weights", "none", "--save", str(tmp / "clf")]
+        clf += ["--pretrain-epochs", str(PRETRAIN_EPOCHS)]  # the encoder learns the masks first
         rc_clf = main(["train", "classifier", "--archive", str(archive), *clf, *COMMON])
         rc_seg = main(["train", "segmenter", "--archive", str(archive), *COMMON, "--lr", "1e-3"])
         runs = tracking.search_runs(list(tracking.EXPERIMENTS.values()))
@@ -74,6 +76,17 @@ def test_run_params_and_epoch_histories(trained: dict[str, Any], stage: str) -> 
     private = [run["name"], *params, *params.values(), *metrics]
     assert not [s for s in private if PATIENT_KEY.search(str(s))], "patient key leaked"
     assert re.fullmatch(r"(vgg16|resunet)-\d{4}-\d\d-\d\dT\d\d-\d\d", run["name"])
+
+
+def test_classifier_encoder_pretrained_on_the_masks(trained: dict[str, Any]) -> None:
+    run = _run(trained, "classifier")
+    assert run["params"]["pretrain_epochs"] == str(PRETRAIN_EPOCHS)
+    assert run["params"]["weights"] == "none"  # what the user asked; the encoder file is internal
+    losses = tracking.metric_history(run["run_id"], "pretrain_loss")
+    assert len(losses) == PRETRAIN_EPOCHS and all(np.isfinite(v) for v in losses)
+    assert run["metrics"]["pretrain_time_s"] > 0
+    segmenter = _run(trained, "segmenter")
+    assert segmenter["params"]["pretrain_epochs"] == "0"
 
 
 @pytest.mark.parametrize("stage", ["classifier", "segmenter"])
