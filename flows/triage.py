@@ -33,11 +33,18 @@ from pipeline.run import (
     run_triage,
 )
 from pipeline.run_summary import worklist_markdown
+from pipeline.settings import WORKERS
 
 
-@task(name="triage-patient", cache_policy=NO_CACHE, retries=0)
+@task(
+    name="triage-patient",
+    task_run_name="triage-patient-{job.label}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
 def triage_patient_task(job: PatientJob) -> PatientResult:
-    """One patient (`pipeline.run.run_patient_job`); the run name carries no patient key."""
+    """One patient (`pipeline.run.run_patient_job`); the task run is named by `job.label`: the
+    patient's position in the run, its key only with `log_patient_ids`."""
     return run_patient_job(job)
 
 
@@ -48,7 +55,7 @@ def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
         yield future.result()
 
 
-_DEFAULT_RUNNER: Any = ThreadPoolTaskRunner(max_workers=2)
+_DEFAULT_RUNNER: Any = ThreadPoolTaskRunner(max_workers=WORKERS)
 
 
 @flow(name="mri-triage", log_prints=False, task_runner=_DEFAULT_RUNNER)
@@ -59,19 +66,22 @@ def triage_flow(
     segmenter: str | None = None,
     threshold: float | None = None,
     force: bool = False,
-    min_component: int = 10,
-    batch: int = 16,
-    precision: str = "float32",
+    min_component: int = RunOptions.min_component,
+    batch: int = RunOptions.batch,
+    precision: str = RunOptions.precision,
     track: bool = True,
-    runtime: str = "tf",
-    ov_precision: str = "auto",
+    runtime: str = RunOptions.runtime,
+    ov_precision: str = RunOptions.ov_precision,
     series_pattern: str | None = None,
     key_map: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     postprocess: dict[str, Any] | None = None,
     log_outputs: bool = False,
+    log_patient_ids: bool = False,
 ) -> dict[str, Any]:
     """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per patient).
+
+    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults.
 
     Returns:
         `RunResult.as_dict()`: `{"exit_code", "metrics", "out", "summary_csv", "index_html",
@@ -80,6 +90,7 @@ def triage_flow(
     options = RunOptions(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
         ov_precision, series_pattern, key_map, limits, dict(postprocess or {}), log_outputs,
+        log_patient_ids,
     )  # fmt: skip
     result = run_triage(archive, out, options, _submit_each, get_run_logger(), log_mlflow_run)
     publish_summary(result)
@@ -106,7 +117,9 @@ def publish_summary(result: RunResult) -> None:
     )
 
 
-def make_task_runner(dask_address: str | None, workers: int = 2, processes: bool = True) -> Any:
+def make_task_runner(
+    dask_address: str | None, workers: int = WORKERS, processes: bool = True
+) -> Any:
     """Threads by default; `prefect-dask` on a scheduler (`tcp://...`) or a local cluster."""
     if not dask_address:
         return ThreadPoolTaskRunner(max_workers=workers)
@@ -121,21 +134,23 @@ def make_task_runner(dask_address: str | None, workers: int = 2, processes: bool
 def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.index import limits_of
 
+    d = RunOptions()  # an option the command does not have keeps the run's default
     return {
         "archive": str(Path(args.archive).absolute()),
         "out": str(Path(args.out).absolute()),
         "classifier": args.classifier,
         "segmenter": args.segmenter,
         "threshold": args.threshold,
-        "min_component": getattr(args, "min_component", 10),
-        "batch": getattr(args, "batch", 16),
-        "precision": getattr(args, "precision", "float32"),
-        "runtime": getattr(args, "runtime", "tf"),
-        "ov_precision": getattr(args, "ov_precision", "auto"),
-        "series_pattern": getattr(args, "series_pattern", None),
-        "key_map": getattr(args, "write_key_map", False),
+        "min_component": getattr(args, "min_component", d.min_component),
+        "batch": getattr(args, "batch", d.batch),
+        "precision": getattr(args, "precision", d.precision),
+        "runtime": getattr(args, "runtime", d.runtime),
+        "ov_precision": getattr(args, "ov_precision", d.ov_precision),
+        "series_pattern": getattr(args, "series_pattern", d.series_pattern),
+        "key_map": getattr(args, "write_key_map", d.key_map),
         "limits": limits_of(args),
-        "log_outputs": bool(getattr(args, "log_outputs", False)),
+        "log_outputs": bool(getattr(args, "log_outputs", d.log_outputs)),
+        "log_patient_ids": bool(getattr(args, "log_patient_ids", d.log_patient_ids)),
         "postprocess": {
             k: getattr(args, k)
             for k in ("lone_slice_area", "min_volume", "tta")
@@ -157,7 +172,7 @@ def cli_triage(args: argparse.Namespace) -> int:
             kw["classifier"], kw["segmenter"], kw["batch"], kw["precision"], kw["runtime"],
             kw["ov_precision"], kw["threshold"],
         )  # fmt: skip
-        runner = make_task_runner(args.dask_address, getattr(args, "workers", 2))
+        runner = make_task_runner(args.dask_address, getattr(args, "workers", WORKERS))
         result = triage_flow.with_options(task_runner=runner)(
             **kw, force=args.force, track=not getattr(args, "no_mlflow", False)
         )

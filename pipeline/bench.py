@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.settings import WORKERS, TriageSettings
+
 _MB = 1024.0 * 1024.0
 
 
@@ -68,12 +70,12 @@ def bench_triage(
     classifier: str | None,
     segmenter: str | None,
     threshold: float | None = None,
-    batch: int = 16,
-    precision: str = "float32",
+    batch: int = TriageSettings.batch,
+    precision: str = TriageSettings.precision,
     loop_slices: int = 64,
-    workers: int = 2,
-    runtime: str = "tf",
-    ov_precision: str = "auto",
+    workers: int = WORKERS,
+    runtime: str = TriageSettings.runtime,
+    ov_precision: str = TriageSettings.ov_precision,
 ) -> dict[str, Any]:
     """Run the three measurements and return the figures (no patient keys).
 
@@ -91,7 +93,7 @@ def bench_triage(
     """
     from pipeline.calibration import gate_p_normal, model_temperature
     from pipeline.index import build_index
-    from pipeline.inference import TriageSettings, triage_patient
+    from pipeline.inference import triage_patient
     from pipeline.io import load_patient
     from pipeline.preprocess import patient_inputs, prepare_batch
     from pipeline.runtime import load_triage_runtime

@@ -120,7 +120,7 @@ def run_one(kwargs: dict[str, Any]) -> dict[str, Any]:
     result["tensorflow_imported"] = "tensorflow" in sys.modules
     if want_flops:
         from models.summary import model_flops
-        from pipeline.inference import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+        from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
         from pipeline.tracking import load_model
 
         uris = {"classifier": kwargs["classifier"] or DEFAULT_CLASSIFIER,

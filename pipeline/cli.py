@@ -11,19 +11,18 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-# Offline-friendly defaults; a user's own settings win.
-for _key, _value in {
+if TYPE_CHECKING:
+    from pipeline.settings import RunOptions
+
+#: Offline-friendly settings `main` puts in the environment; a user's own settings win.
+OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
-}.items():
-    os.environ.setdefault(_key, _value)
-
-
-PRECISIONS = ["float32", "mixed_bfloat16", "mixed_float16", "auto"]
-
+}
 
 EXIT_CODES = (
     "exit codes: 0 done; 1 finished, but some patients failed (see summary.csv); "
@@ -162,13 +161,21 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
         "--max-slice-pixels",
         type=int,
         default=DEFAULT_LIMITS.max_slice_pixels,
-        help=f"largest slice accepted, in pixels (default {DEFAULT_LIMITS.max_slice_pixels})",
+        help="largest slice accepted, in pixels",
     )
     p.add_argument(
         "--max-volume-voxels",
         type=int,
         default=DEFAULT_LIMITS.max_volume_voxels,
-        help=f"largest volume accepted, in voxels (default {DEFAULT_LIMITS.max_volume_voxels})",
+        help="largest volume accepted, in voxels",
+    )
+    p.add_argument(
+        "--max-patient-mb",
+        type=int,
+        default=DEFAULT_LIMITS.max_patient_mb,
+        help="largest patient accepted: MiB its slices take decoded (slices x height x width x 3 "
+        "channels x 4 bytes); a larger one is listed as failed with the reason, so memory per "
+        "patient in flight stays bounded",
     )
 
 
@@ -189,15 +196,20 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from pipeline import settings as s
+
     p = sub.add_parser("bench", help="benchmarks that print figures (never asserted)")
     bsub = p.add_subparsers(dest="bench_what", required=True)
+
     m = bsub.add_parser("models", help="batched inference slices/s and GFLOP/s per model")
-    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--batch", type=int, default=s.TriageSettings.batch)
     m.add_argument("--image-size", type=int, default=256)
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--models", nargs="*", help="subset of model names")
     m.add_argument(
-        "--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], default="float32"
+        "--precision",
+        choices=[p for p in s.PRECISIONS if p != "auto"],
+        default=s.TriageSettings.precision,
     )
     m.add_argument("--json", action="store_true")
     _handler(m, "models.bench:cli_bench_models")
@@ -206,13 +218,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
     t.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
     t.add_argument("--threshold", type=float, default=None, help="default: operating point")
-    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--batch", type=int, default=s.TriageSettings.batch)
     t.add_argument("--json", action="store_true")
-    t.add_argument("--precision", default="float32", choices=PRECISIONS)
+    t.add_argument("--precision", default=s.TriageSettings.precision, choices=s.PRECISIONS)
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
-    t.add_argument("--workers", type=int, default=2, help="patients at once, as in the flow")
-    t.add_argument("--runtimes", nargs="+", default=["tf", "openvino"], choices=["tf", "openvino"])
-    ov = ["f32", "bf16", "int8", "auto"]
+    t.add_argument(
+        "--workers", type=int, default=s.WORKERS, help="patients at once, as in the flow"
+    )
+    runtimes = [r for r in s.RUNTIMES if r != "auto"]
+    t.add_argument("--runtimes", nargs="+", default=runtimes, choices=runtimes)
+    ov = list(s.OV_PRECISION_CHOICES)
     t.add_argument(
         "--ov-precisions", nargs="+", default=ov, choices=ov, help="auto: fastest verified one"
     )
@@ -269,6 +284,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_recipe_options(t: argparse.ArgumentParser) -> None:
     """Training options; None = not given, so the preset's value (or the built-in default) holds."""
+    from pipeline.metrics import MIN_SENSITIVITY
     from pipeline.preprocess import INPUT_MODES, NORMALIZATIONS
     from pipeline.recipe_fit import OPTIMIZERS, PRECISIONS, SCHEDULES, SELECTS
     from pipeline.recipes import PRESETS
@@ -296,12 +312,13 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         "--min-sensitivity",
         type=float,
         default=None,
-        help="validation slice sensitivity the operating point keeps (default 0.98)",
+        help=f"validation slice sensitivity the operating point keeps (default {MIN_SENSITIVITY})",
     )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     from pipeline.recipes import PRESETS
+    from pipeline.settings import TriageSettings
 
     p = sub.add_parser(
         "evaluate",
@@ -341,10 +358,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--lone-slice-area",
         type=int,
         help="3-D post-processing: drop single-slice components below this area (px of a 256x256 "
-        "slice; default 200, 0 keeps them)",
+        f"slice; default {TriageSettings.lone_slice_area}, 0 keeps them)",
     )
     p.add_argument(
-        "--min-volume", type=int, help="3-D post-processing: drop components below N voxels (100)"
+        "--min-volume",
+        type=int,
+        help="3-D post-processing: drop components below N voxels "
+        f"(default {TriageSettings.min_volume})",
     )
     p.add_argument(
         "--no-tta", action="store_true", help="no mirror averaging of the segmenter (default: on)"
@@ -360,6 +380,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_triage(sub: argparse._SubParsersAction) -> None:
+    from pipeline.settings import WORKERS
+    from pipeline.triage import DEFAULT_THRESHOLD
+
     p = sub.add_parser("triage", help="screen, route and segment every slice of an archive")
     p.add_argument("archive")
     p.add_argument("--out", required=True)
@@ -370,12 +393,12 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="P(normal) at or above which a slice is normal (default: the classifier's logged "
-        "operating point; 0.99 when it has none)",
+        f"operating point; {DEFAULT_THRESHOLD} when it has none)",
     )
     p.add_argument("--force", action="store_true", help="redo patients already done")
     p.add_argument("--dask-address", help="tcp://host:port of a Dask scheduler, or 'local'")
     _add_triage_options(p)
-    p.add_argument("--workers", type=int, default=2, help="patients processed at once")
+    p.add_argument("--workers", type=int, default=WORKERS, help="patients processed at once")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     p.add_argument(
         "--log-outputs",
@@ -401,19 +424,30 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_triage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-component", type=int, default=10, help="smallest kept mask part (pixels)")
+    """The run's options; defaults are `pipeline.settings.RunOptions`' (and `TriageSettings`')."""
+    from pipeline.settings import PRECISIONS, RunOptions, TriageSettings
+
+    d = RunOptions()
+    p.add_argument(
+        "--min-component",
+        type=int,
+        default=d.min_component,
+        help="smallest kept mask part (pixels)",
+    )
     p.add_argument(
         "--lone-slice-area",
         type=int,
         default=None,
         help="drop 3-D mask components seen on one slice only below this area (pixels of a "
-        "256x256 slice, scaled to the image; default 200; 0 keeps them)",
+        f"256x256 slice, scaled to the image; default {TriageSettings.lone_slice_area}; "
+        "0 keeps them)",
     )
     p.add_argument(
         "--min-volume",
         type=int,
         default=None,
-        help="drop 3-D mask components below this many voxels (same scaling; default 100)",
+        help="drop 3-D mask components below this many voxels (same scaling; default "
+        f"{TriageSettings.min_volume})",
     )
     p.add_argument(
         "--no-tta",
@@ -423,35 +457,45 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
         help="segment each flagged slice once, without averaging it with its left-right mirror "
         "(the default mirror averaging costs 2x segmenter work; +0.02 per-patient Dice measured)",
     )
-    p.add_argument("--batch", type=int, default=16, help="slices per model call")
-    p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    p.add_argument("--batch", type=int, default=d.batch, help="slices per model call")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     _add_series_pattern(p)
     p.add_argument(
         "--write-key-map",
         action="store_true",
         help="DICOM: also write OUT/pseudonym_map.csv (patient key -> StudyInstanceUID)",
     )
-    _add_runtime_options(p)
+    p.add_argument(
+        "--log-patient-ids",
+        action="store_true",
+        help="name patients by their keys in the run's log and Prefect task run names, with "
+        "failure reasons (default: by their position in the run, no keys, no reasons)",
+    )
+    _add_runtime_options(p, d)
     _add_limits(p)
 
 
-def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+def _add_runtime_options(p: argparse.ArgumentParser, d: RunOptions) -> None:
+    from pipeline.settings import OV_PRECISION_CHOICES, RUNTIMES
+
     p.add_argument(
         "--runtime",
-        default="auto",
-        choices=["tf", "openvino", "auto"],
+        default=d.runtime,
+        choices=RUNTIMES,
         help="inference runtime; auto = OpenVINO when installed and a verified export of the "
-        "model exists (`mri-triage export`), else TensorFlow (default auto)",
+        "model exists (`mri-triage export`), else TensorFlow",
     )
     p.add_argument(
         "--ov-precision",
-        default="auto",
-        choices=["f32", "bf16", "int8", "auto"],
-        help="OpenVINO precision; auto = the fastest export whose parity passed (default auto)",
+        default=d.ov_precision,
+        choices=OV_PRECISION_CHOICES,
+        help="OpenVINO precision; auto = the fastest export whose parity passed",
     )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from pipeline.settings import OV_PRECISIONS, TriageSettings
+
     p = sub.add_parser(
         "export", help="export models once per version to OpenVINO (fp32/bf16/int8) with parity"
     )
@@ -459,11 +503,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="model URI or .keras file (default: registered champion)")
     p.add_argument("--segmenter", help="model URI or .keras file (default: registered champion)")
     p.add_argument(
-        "--precision", nargs="+", default=["f32", "bf16", "int8"], choices=["f32", "bf16", "int8"]
+        "--precision", nargs="+", default=list(OV_PRECISIONS), choices=list(OV_PRECISIONS)
     )
     p.add_argument("--calibration-slices", type=int, default=300, help="int8 calibration slices")
     p.add_argument("--parity-slices", type=int, default=200, help="held-out parity slices")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--batch", type=int, default=TriageSettings.batch, help="the batch triage will run"
+    )
     p.add_argument("--seed", type=int, default=0, help="patient split seed (as training)")
     p.add_argument("--force", action="store_true", help="export again even when cached")
     p.add_argument("--json", action="store_true")
@@ -501,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in OFFLINE_ENV.items():  # here, not at import: importing changes nothing
+        os.environ.setdefault(key, value)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     _suggest_command(parser, argv)

@@ -11,10 +11,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-DEFAULT_MODELS = {
-    "classifier": "models:/mri-triage-classifier@champion",
-    "segmenter": "models:/mri-triage-segmenter@champion",
-}
+from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+
+DEFAULT_MODELS = {"classifier": DEFAULT_CLASSIFIER, "segmenter": DEFAULT_SEGMENTER}
 _FIX = {
     "classifier": "train one with `mri-triage train classifier ARCHIVE --preset cpu` (it becomes "
     "the champion) or pass --classifier PATH.keras",
@@ -24,7 +23,8 @@ _FIX = {
 
 
 def local_store_uri() -> str:
-    """The tracking URI `pipeline.tracking.configure_tracking` would use (without creating it)."""
+    """The tracking URI `pipeline.tracking.store_uri` gives (without creating it or importing
+    MLflow; a URI set in-process with `mlflow.set_tracking_uri` is not seen here)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri

@@ -209,7 +209,7 @@ def cli_compare(args: argparse.Namespace) -> int:
     runs, tables = collect(experiments)
     if not runs:
         print(
-            f"no finished runs in {', '.join(experiments)} at {tracking.configure_tracking()}; "
+            f"no finished runs in {', '.join(experiments)} at {tracking.store_uri()}; "
             "train one with `mri-triage train classifier|segmenter ARCHIVE ...`",
             file=sys.stderr,
         )

@@ -34,24 +34,12 @@ DEMO: dict[str, Any] = {
 }
 
 
-def _threshold(classifier_uri: str, default: float = 0.99) -> float:
-    """The classifier's validation operating point when logged and usable, else `default`."""
-    from pipeline.tracking import load_model
-
-    point = load_model(classifier_uri).info.get("operating_point")
-    try:
-        value = float(point)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return default
-    return value if 0.0 < value <= 1.0 else default
-
-
 def run_demo(out: Path, cfg: dict[str, Any] = DEMO) -> dict[str, Any]:
     """Synthesise, train, register and triage; returns paths, model URIs, metrics and timings."""
     from flows.train import train_classifier_flow, train_segmenter_flow
     from flows.triage import triage_flow
     from pipeline.synthetic import write_synthetic_archive
-    from pipeline.tracking import configure_tracking
+    from pipeline.tracking import store_uri
 
     t0 = time.perf_counter()
     if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -74,14 +62,9 @@ def run_demo(out: Path, cfg: dict[str, Any] = DEMO) -> dict[str, Any]:
     seg = train_segmenter_flow(str(archive), "resunet", seed=seed, **cfg["segmenter"])
     t3 = time.perf_counter()
     uris = {k: f"models:/{r['version']}" for k, r in (("classifier", clf), ("segmenter", seg))}
-    threshold = _threshold(uris["classifier"])
+    # No threshold: the run takes the classifier's operating point (`resolve_threshold`).
     result = triage_flow(
-        str(nightly),
-        str(out / "triage"),
-        uris["classifier"],
-        uris["segmenter"],
-        threshold,
-        force=True,
+        str(nightly), str(out / "triage"), uris["classifier"], uris["segmenter"], force=True
     )
     t4 = time.perf_counter()
     return {
@@ -89,8 +72,7 @@ def run_demo(out: Path, cfg: dict[str, Any] = DEMO) -> dict[str, Any]:
         "archive": str(archive),
         "nightly": str(nightly),
         "models": uris,
-        "threshold": threshold,
-        "tracking_uri": configure_tracking(),
+        "tracking_uri": store_uri(),
         "seconds": {
             "synth": t1 - t0,
             "classifier": t2 - t1,

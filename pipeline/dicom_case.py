@@ -29,6 +29,7 @@ from pipeline.dicom_select import load_salt, pseudonym, select_flair
 from pipeline.errors import ArchiveError
 from pipeline.nifti import NiftiCase, NiftiGeometry
 from pipeline.preprocess import PreprocessConfig, assemble_channels, normalize_intensity
+from pipeline.quality import DEFAULT_LIMITS, Limits, check_slice_size, check_volume_size
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,26 @@ def _study_error(patient: str, files: list[str], reason: str) -> dict[str, str]:
     return {"path": _common_folder(files), "reason": reason, "patient": patient}
 
 
+def check_series_size(geometry: SeriesGeometry, limits: Limits = DEFAULT_LIMITS) -> None:
+    """A series' declared size against `limits`, before decoding it, by a NIfTI file's rules
+    (`pipeline.nifti.open_volume`; index and loader): pixels per stored frame, voxels in the
+    series, and the size of the axial slices triage will see.
+
+    Raises:
+        InputQualityError: too many pixels per frame or voxels in the series, or a tiny slice.
+    """
+    first = geometry.frames[0]
+    check_slice_size(first.size, first.path, limits, tiny=False)  # what one frame decodes to
+    check_volume_size((*first.size, len(geometry.frames)), first.path, limits)
+    check_slice_size(geometry.nifti_geometry().canonical_shape[:2], first.path, limits)
+
+
 def index_dicom(
-    paths: Iterable[str], series_pattern: str | None = None
+    paths: Iterable[str], series_pattern: str | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Index rows for every DICOM study among `paths` (one patient per study, its FLAIR series).
+
+    The FLAIR series' declared size is checked against `limits` before it is decoded.
 
     Returns:
         `(rows, errors)`: rows with the index columns (format "dicom"), errors `{"path",
@@ -127,6 +144,7 @@ def index_dicom(
         header = selection.series
         try:
             geometry = check_series(header)
+            check_series_size(geometry, limits)
             read_volume(geometry)  # decode once now, so bad pixel data is caught while indexing
         except ArchiveError as exc:
             label = f"FLAIR series {header.number} {header.description!r}"
@@ -165,7 +183,7 @@ def _series_in(folder: str) -> dict[tuple[str, str], SeriesHeader]:
 
 def load_dicom_case(
     source: str | Path, series_uid: str, patient: str, rule: str = "",
-    config: PreprocessConfig | None = None,
+    config: PreprocessConfig | None = None, limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[NiftiCase, DicomSource]:  # fmt: skip
     """Read one indexed DICOM series into canonical RAS orientation (FLAIR ×3 channels).
 
@@ -175,6 +193,7 @@ def load_dicom_case(
         patient: the study's pseudonym.
         rule: the selection rule recorded while indexing.
         config: intensity percentiles (defaults if None).
+        limits: size limits, checked from the headers before decoding.
 
     Returns:
         `(case, dicom_source)`: the case as the NIfTI reader gives it (no ground truth), and the
@@ -189,6 +208,7 @@ def load_dicom_case(
     if not found:
         raise ArchiveError(source, "indexed DICOM series not found any more; re-index")
     geometry = check_series(found[0])
+    check_series_size(geometry, limits)
     ng = geometry.nifti_geometry()
     raw = ng.canonical(read_volume(geometry))
     flair = normalize_intensity(raw, cfg.low_percentile, cfg.high_percentile)

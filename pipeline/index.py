@@ -35,7 +35,15 @@ from pipeline.nifti import (
     open_volume,
     sequence_role,
 )
-from pipeline.quality import DEFAULT_LIMITS, Limits, check_values, value_problem, value_range
+from pipeline.quality import (
+    DEFAULT_LIMITS,
+    InputQualityError,
+    Limits,
+    check_patient_size,
+    check_values,
+    value_problem,
+    value_range,
+)
 from pipeline.safety import display_text
 from pipeline.splits import check_no_leakage, split_patients
 
@@ -228,7 +236,7 @@ def _collect_dicom(walk: _Walk, files: list[str]) -> bool:
 
 
 def _index_dicom(walk: _Walk, series_pattern: str | None) -> None:
-    rows, errors = index_dicom(walk.dicom_files, series_pattern)
+    rows, errors = index_dicom(walk.dicom_files, series_pattern, walk.limits)
     walk.errors.extend(errors)
     claimed: dict[str, bool] = {}
     for row in rows:
@@ -444,7 +452,22 @@ def build_index(
         }
     )
     table = table.sort_values(["patient", "slice"], kind="stable").reset_index(drop=True)
-    return SliceIndex(table=table, errors=walk.errors, root=str(base))
+    return SliceIndex(table=_drop_oversized(table, walk), errors=walk.errors, root=str(base))
+
+
+def _drop_oversized(table: pd.DataFrame, walk: _Walk) -> pd.DataFrame:
+    """Patients whose slices would take more memory decoded than `limits.max_patient_mb` become
+    errors, by the loader's own rule (`check_patient_size`), so what the index keeps loads."""
+    pixels = (table["height"] * table["width"]).groupby(table["patient"]).agg(["sum", "size"])
+    sources = table.groupby("patient")["source"].first().to_dict()
+    over = []
+    for patient, (px, n) in pixels.iterrows():
+        try:
+            check_patient_size(int(px), int(n), str(sources[patient]), walk.limits)
+        except InputQualityError as exc:
+            walk.error(exc.path, exc.reason, str(patient))
+            over.append(patient)
+    return table[~table["patient"].isin(over)].reset_index(drop=True)
 
 
 def index_summary(index: SliceIndex) -> dict[str, Any]:
@@ -502,10 +525,13 @@ def fingerprint(table: pd.DataFrame) -> str:
 
 
 def limits_of(args: argparse.Namespace) -> Limits:
-    """`Limits` from `--max-slice-pixels` / `--max-volume-voxels` (defaults where absent)."""
+    """`Limits` from `--max-slice-pixels` / `--max-volume-voxels` / `--max-patient-mb` (defaults
+    where absent)."""
+    d = DEFAULT_LIMITS
     return Limits(
-        max_slice_pixels=getattr(args, "max_slice_pixels", DEFAULT_LIMITS.max_slice_pixels),
-        max_volume_voxels=getattr(args, "max_volume_voxels", DEFAULT_LIMITS.max_volume_voxels),
+        max_slice_pixels=getattr(args, "max_slice_pixels", d.max_slice_pixels),
+        max_volume_voxels=getattr(args, "max_volume_voxels", d.max_volume_voxels),
+        max_patient_mb=getattr(args, "max_patient_mb", d.max_patient_mb),
     )
 
 

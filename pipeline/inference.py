@@ -24,91 +24,15 @@ import pandas as pd
 
 from pipeline import manifest, report, viewer
 from pipeline.calibration import gate_p_normal, model_temperature
-from pipeline.postprocess import (
-    DEFAULT_LONE_SLICE_AREA,
-    DEFAULT_MIN_COMPONENT,
-    DEFAULT_MIN_VOLUME,
-    remove_isolated_3d,
-    remove_small_components,
-)
+from pipeline.postprocess import remove_isolated_3d, remove_small_components
 from pipeline.postprocess import threshold_probabilities as binarise
-from pipeline.quality import DEFAULT_LIMITS, Limits
 from pipeline.records import CHANGED, DONE, FAILED, NEW, SKIPPED, PatientResult, TruthMetrics
 from pipeline.safety import clean_reason, output_name
-from pipeline.triage import DEFAULT_THRESHOLD, check_threshold, route_slices
+from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, TriageSettings
+from pipeline.triage import route_slices
 
-DEFAULT_CLASSIFIER = "models:/mri-triage-classifier@champion"
-DEFAULT_SEGMENTER = "models:/mri-triage-segmenter@champion"
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 #: Pixels of the slice size the 3-D post-processing areas are given for (256 x 256).
 REFERENCE_PIXELS = 256 * 256
-
-
-@dataclass(frozen=True)
-class TriageSettings:
-    """What a triage run does besides which models it uses (part of each patient's manifest key).
-
-    Attributes:
-        threshold: P(normal) at or above which a slice is normal.
-        min_component: smallest kept mask component, in native pixels.
-        batch: slices per model call.
-        precision: Keras dtype policy for inference, or "auto" (bf16 on CPUs with native bf16).
-        montage_max: unused since reports show every slice in a viewer (kept for callers).
-        lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
-            pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
-        min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
-        tta: average the segmenter over the slice and its left-right mirror (on by default:
-            +0.02 per-patient Dice on held-out LGG patients; twice the
-            segmenter's work).
-        runtime: "tf", "openvino" or "auto" (`pipeline.runtime.load_triage_runtime`).
-        ov_precision: OpenVINO precision "f32", "bf16", "int8" or "auto" (fastest verified).
-        limits: input size limits (`pipeline.quality.Limits`), checked from headers on load.
-    """
-
-    threshold: float = DEFAULT_THRESHOLD
-    min_component: int = DEFAULT_MIN_COMPONENT
-    batch: int = 16
-    precision: str = "float32"
-    montage_max: int = 48
-    lone_slice_area: int = DEFAULT_LONE_SLICE_AREA
-    min_volume: int = DEFAULT_MIN_VOLUME
-    tta: bool = True
-    runtime: str = "tf"
-    ov_precision: str = "auto"
-    limits: Limits = DEFAULT_LIMITS
-
-    def __post_init__(self) -> None:
-        check_threshold(self.threshold)
-        if self.batch < 1 or self.min_component < 0 or self.montage_max < 0:
-            raise ValueError("batch must be >= 1, min_component and montage_max >= 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        from pipeline.runtime import OV_PRECISION_CHOICES, RUNTIMES
-
-        if self.runtime not in RUNTIMES or self.ov_precision not in OV_PRECISION_CHOICES:
-            raise ValueError(
-                f"runtime must be one of {RUNTIMES} and ov_precision one of "
-                f"{OV_PRECISION_CHOICES}, got {self.runtime!r}, {self.ov_precision!r}"
-            )
-
-    def load_models(self, classifier: str | None, segmenter: str | None) -> TriageModels:
-        """The two models on this run's runtime (`pipeline.runtime.load_triage_runtime`)."""
-        from pipeline.runtime import load_triage_runtime
-
-        return load_triage_runtime(
-            classifier, segmenter, self.batch, self.precision, self.runtime,
-            self.ov_precision, self.threshold,
-        )  # fmt: skip
-
-    def key_part(self) -> dict[str, Any]:
-        """Settings that change outputs (batch and montage size only change speed and looks)."""
-        return {
-            "threshold": self.threshold,
-            "min_component": self.min_component,
-            "lone_slice_area": self.lone_slice_area,
-            "min_volume": self.min_volume,
-            "tta": self.tta,
-        }
 
 
 class BatchPredictor:
@@ -193,20 +117,29 @@ def _file_digest(uri: str) -> str:
     return manifest.files_digest(files)[:12]
 
 
-def _cache_token(uri: str) -> str:
-    """What the model cache keys on besides the URI: a local file's content digest, or the
-    version a registry alias resolves to now (so a long-lived worker follows a moved alias)."""
-    if uri.startswith("models:/") and "@" in uri:
-        from pipeline.tracking import resolve_version
+def _identity(uri: str) -> tuple[str, str, bool]:
+    """`(what to load, what it is, whether it is a local file)` for the model cache.
 
-        return resolve_version(uri)
-    return _file_digest(uri)
+    A local file is loaded as given and is its content digest. A registry or run URI is resolved
+    now, alias -> version -> digest of that version's MLmodel file (`pipeline.runtime.
+    model_digest`), and the resolved version is what gets loaded, so the cache never keys on an
+    alias string and a long-lived worker follows a moved `champion`.
+    """
+    from pipeline.runtime import _is_local, model_digest
+
+    if _is_local(uri):
+        return uri, _file_digest(uri), True
+    version, digest = model_digest(uri)
+    return (f"models:/{version}" if uri.startswith("models:/") else uri), digest, False
 
 
 def load_triage_models(
-    classifier: str | None, segmenter: str | None, batch: int = 16, precision: str = "float32"
+    classifier: str | None,
+    segmenter: str | None,
+    batch: int = TriageSettings.batch,
+    precision: str = TriageSettings.precision,
 ) -> TriageModels:
-    """Load (once per process) the classifier and segmenter and compile their predictors.
+    """Load (once per process and model version) the classifier and segmenter and compile them.
 
     Args:
         classifier, segmenter: MLflow model URIs or `.keras` files; None = registered champion.
@@ -224,21 +157,21 @@ def load_triage_models(
         "classifier": classifier or DEFAULT_CLASSIFIER,
         "segmenter": segmenter or DEFAULT_SEGMENTER,
     }
-    # A local file is keyed on its bytes and an alias on the version it points to now, so a
-    # model replaced in place or a moved `champion` is never served stale from the cache.
-    digests = {kind: _file_digest(uri) for kind, uri in uris.items()}
-    tokens = [_cache_token(uri) for uri in uris.values()]  # an alias is resolved, never cached
-    key = (uris["classifier"], uris["segmenter"], *tokens, int(batch), precision)
+    # Keyed on what each model is now (a file's bytes, an alias's version and its digest): a model
+    # replaced in place or a moved `champion` is never served stale from the cache.
+    found = {kind: _identity(uri) for kind, uri in uris.items()}
+    key = (*uris.values(), *(digest for _, digest, _ in found.values()), int(batch), precision)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
         policy = _resolve_precision(precision)
         loaded = {}
         for kind, uri in uris.items():
-            lm = load_model(uri)
+            source, digest, local = found[kind]
+            lm = load_model(source)  # the resolved version, never the alias again
             check_model(lm, kind, uri)  # shapes, sizes, probabilities: before any patient work
-            if digests[kind]:  # the manifest key then changes with the file's content
-                lm.version = f"{lm.version}#{digests[kind]}"
+            if local and digest:  # the manifest key then changes with the file's content
+                lm.version = f"{lm.version}#{digest}"
             if policy != "float32":
                 from models.precision import rebuild_with_policy
 

@@ -26,7 +26,13 @@ from pipeline.nifti import (
     write_nifti_mask,
 )
 from pipeline.preprocess import PreprocessConfig
-from pipeline.quality import DEFAULT_LIMITS, Limits, check_slice_size, check_values
+from pipeline.quality import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_patient_size,
+    check_slice_size,
+    check_values,
+)
 
 __all__ = [
     "ArchiveError",
@@ -273,13 +279,16 @@ def _slices_of(case: NiftiCase, rows: pd.DataFrame, source: str) -> PatientSlice
     )
 
 
-def _load_dicom(patient: str, rows: pd.DataFrame, config: PreprocessConfig | None) -> PatientSlices:
+def _load_dicom(
+    patient: str, rows: pd.DataFrame, config: PreprocessConfig | None, limits: Limits
+) -> PatientSlices:
     from pipeline.dicom_case import load_dicom_case
 
     first = rows.iloc[0]
     case, source = load_dicom_case(
-        str(first["source"]), str(first["series_uid"]), patient, str(first["series_rule"]), config
-    )
+        str(first["source"]), str(first["series_uid"]), patient, str(first["series_rule"]),
+        config, limits,
+    )  # fmt: skip
     ps = _slices_of(case, rows, str(first["source"]))
     ps.format, ps.dicom = "dicom", source
     return ps
@@ -293,21 +302,25 @@ def load_patient(
     Args:
         rows: rows of `build_index(...).table` for one patient (any order; sorted by slice here).
         config: NIfTI intensity percentiles (defaults if None); Kaggle pixels are uint8 / 255.
-        limits: the size limits the index applied (checked again from each header).
+        limits: the size limits the index applied (checked again: each header, and the memory
+            the patient's slices take decoded, from the rows' heights and widths, before any).
 
     Returns:
         The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
 
     Raises:
-        ArchiveError: a file is unreadable (the message names it and says why).
+        ArchiveError: a file is unreadable (the message names it and says why);
+            `InputQualityError` when a limit is exceeded.
         ValueError: `rows` is empty or spans several patients.
     """
     patient, fmt = _one_patient(rows)
+    pixels = int((rows["height"] * rows["width"]).sum())
+    check_patient_size(pixels, len(rows), str(rows["source"].iloc[0]), limits)
     ordered = rows.sort_values("slice", kind="stable")
     if fmt == "kaggle":
         return _load_kaggle(patient, ordered, limits)
     if fmt == "nifti":
         return _load_nifti(patient, ordered, config, limits)
     if fmt == "dicom":
-        return _load_dicom(patient, ordered, config)
+        return _load_dicom(patient, ordered, config, limits)
     raise ValueError(f"unknown format {fmt!r}")

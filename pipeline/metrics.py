@@ -2,8 +2,8 @@
 
 Conventions: `y_true` is `(N,)` 0/1 with 1 = tumour slice; `p_tumour` is `(N,)` float in [0, 1]
 (column 1 of the classifier's softmax); `p_normal = 1 - p_tumour` (column 0). The triage rule
-calls a slice *normal* when `p_normal >= threshold` (0.99 by default); every other slice goes to the
-segmenter. Masks are `(N, H, W)` bool.
+calls a slice *normal* when `p_normal >= threshold` (`pipeline.triage.DEFAULT_THRESHOLD` by
+default); every other slice goes to the segmenter. Masks are `(N, H, W)` bool.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-TRIAGE_THRESHOLD = 0.99
+from pipeline.triage import DEFAULT_THRESHOLD as TRIAGE_THRESHOLD  # the routing rule's default
+
 MIN_SENSITIVITY = 0.98
 
 

@@ -26,7 +26,6 @@ import numpy as np
 
 from pipeline.runtime import (
     EXPORT_RECORD,
-    OV_PRECISIONS,
     ParityPolicy,
     ParityRecord,
     compile_ir,
@@ -36,6 +35,7 @@ from pipeline.runtime import (
     read_export,
     supported_precisions,
 )
+from pipeline.settings import OV_PRECISIONS, TriageSettings
 from pipeline.triage import resolve_threshold
 
 #: (Keras model, folder) -> an `openvino.Model`; tests pass a deliberately broken one.
@@ -117,7 +117,7 @@ def export_model(
     slices: SliceSets,
     precisions: tuple[str, ...] = OV_PRECISIONS,
     *,
-    batch: int = 16,
+    batch: int = TriageSettings.batch,
     threshold: float | None = None,
     root: Path | None = None,
     force: bool = False,
@@ -218,7 +218,7 @@ def _row(
 
 
 def sample_slices(
-    archive: str, preprocess: Any, calibration: int = 300, parity: int = 200, seed: int = 0
+    archive: str, preprocess: Any, calibration: int, parity: int, seed: int = 0
 ) -> SliceSets:
     """Calibration slices from training patients, parity slices from held-out ones.
 
@@ -274,7 +274,7 @@ def format_rows(model: str, rows: list[dict[str, Any]]) -> str:
 
 def cli_export(args: argparse.Namespace) -> int:
     """`mri-triage export TRAIN [--classifier URI] [--segmenter URI] [--precision P]`."""
-    from pipeline.inference import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+    from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
     from pipeline.tracking import load_model
 
     uris = {

@@ -4,7 +4,9 @@ Two kinds of rule, both raising `InputQualityError` (an `ArchiveError`, so every
 skips unreadable files skips these too, with the reason):
 
 - **Resource limits** checked from a header, before any pixel is decoded: pixels per slice,
-  voxels per volume (and so the bytes a decoder would produce). `Limits` holds them.
+  voxels per volume (and so the bytes a decoder would produce), and the memory one patient's
+  decoded slices take (so a patient of many slices, each within the limits, cannot exhaust a
+  worker either). `Limits` holds them.
 - **Usable content**: a scan that is all zero, constant, holds NaN/Inf, is tiny, or has a NaN/zero
   voxel size cannot be screened; it is a failure with a reason, never a tumour-free patient.
 """
@@ -34,15 +36,22 @@ class Limits:
         max_volume_voxels: most voxels in one 3-D volume (2^27 ≈ 134 M, e.g. 512³).
         min_side: fewest pixels along a slice's height or width.
         max_depth: deepest folder nesting walked below the archive root.
+        max_patient_mb: most MiB one patient's slices take decoded (`patient_mb`: slices ×
+            height × width × 3 channels × 4 bytes). Triage's peak per patient in flight measured
+            about 7 times this (a 40-slice 512 px patient: 120 MiB decoded, 830 MiB at the peak
+            with 256 px models), so a worker's memory stays bounded by about 7 × this × the
+            patients it runs at once, besides its models.
     """
 
     max_slice_pixels: int = 4096 * 4096
     max_volume_voxels: int = 2**27
     min_side: int = 16
     max_depth: int = 32
+    max_patient_mb: int = 1024
 
     def __post_init__(self) -> None:
-        if min(self.max_slice_pixels, self.max_volume_voxels, self.min_side, self.max_depth) < 1:
+        values = (self.max_slice_pixels, self.max_volume_voxels, self.min_side, self.max_depth)
+        if min(*values, self.max_patient_mb) < 1:
             raise ValueError("limits must be positive integers")
 
 
@@ -96,6 +105,39 @@ def check_volume_size(
             path,
             f"volume {tuple(dims)} has {voxels} voxels, over the limit of "
             f"{limits.max_volume_voxels}",
+        )
+
+
+#: Bytes one decoded pixel of a patient takes in memory: 3 channels of float32.
+BYTES_PER_PIXEL = 3 * 4
+
+
+def patient_mb(pixels: int) -> float:
+    """MiB a patient's slices take decoded, from their total pixel count (sum of height × width)."""
+    return pixels * BYTES_PER_PIXEL / 2**20
+
+
+def check_patient_size(
+    pixels: int, slices: int, path: str | Path, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Refuse a patient whose decoded slices would exceed `limits.max_patient_mb`, from the
+    sizes its headers declare (the index's height and width columns), before loading any.
+
+    Args:
+        pixels: sum of height × width over the patient's slices.
+        slices: how many slices that is.
+        path: the patient's folder or file (for the error).
+        limits: the limits.
+
+    Raises:
+        InputQualityError: over the limit (the reason gives the estimate and the limit).
+    """
+    need = patient_mb(pixels)
+    if need > limits.max_patient_mb:
+        raise InputQualityError(
+            path,
+            f"patient of {slices} slices ({pixels} pixels) takes about {need:.0f} MiB decoded, "
+            f"over the limit of {limits.max_patient_mb} MiB per patient (--max-patient-mb)",
         )
 
 

@@ -17,56 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import manifest
-from pipeline.inference import TriageSettings, process_patient
+from pipeline.inference import process_patient
 from pipeline.outcomes import done_entry, merge_index_errors, own_outputs
-from pipeline.postprocess import DEFAULT_MIN_COMPONENT
 from pipeline.preflight import check_run_paths
 from pipeline.progress import Progress
-from pipeline.quality import DEFAULT_LIMITS, Limits
-from pipeline.records import DONE, PatientResult, RunSummary
+from pipeline.records import DONE, FAILED, PatientResult, RunSummary
 from pipeline.report import DISCLAIMER, write_run_reports
+from pipeline.safety import display_text
+from pipeline.settings import RunOptions, TriageSettings
 from pipeline.triage import bypass_warning, resolve_threshold
 
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What a triage run uses besides its archive and output folder (the flow's parameters).
-
-    Attributes:
-        classifier, segmenter: model URIs or `.keras` files; None = registered champion.
-        threshold: P(normal) at or above which a slice is normal; None = the classifier's logged
-            operating point (`pipeline.triage.resolve_threshold`).
-        force: redo patients the manifest says are done.
-        min_component, batch, precision, runtime, ov_precision, limits: see `TriageSettings`.
-        track: log one MLflow run (aggregate params and metrics).
-        log_outputs: also upload the patient-keyed reports and masks to that run.
-        series_pattern: DICOM FLAIR series rule (`build_index`).
-        key_map: DICOM: also write the pseudonym map into the output folder.
-        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`).
-    """
-
-    classifier: str | None = None
-    segmenter: str | None = None
-    threshold: float | None = None
-    force: bool = False
-    min_component: int = DEFAULT_MIN_COMPONENT
-    batch: int = 16
-    precision: str = "float32"
-    track: bool = True
-    runtime: str = "tf"
-    ov_precision: str = "auto"
-    series_pattern: str | None = None
-    key_map: bool = False
-    limits: Limits = DEFAULT_LIMITS
-    postprocess: dict[str, Any] = field(default_factory=dict)
-    log_outputs: bool = False
+DEFAULT_OPTIONS = RunOptions()
 
 
 @dataclass(frozen=True)
 class PatientJob:
-    """One patient's work: small, picklable, no pixels (what a task or Dask worker receives)."""
+    """One patient's work: small, picklable, no pixels (what a task or Dask worker receives).
+
+    `label` is how logs and Prefect task run names call the patient: its position in the run
+    (`3`), or its key when the user opted in (`RunOptions.log_patient_ids`).
+    """
 
     rows: list[dict[str, Any]]
     out: str
@@ -74,6 +45,7 @@ class PatientJob:
     settings: dict[str, Any]
     previous: dict[str, Any] | None
     force: bool
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +88,22 @@ def serial_map(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
         yield run_patient_job(job)
 
 
+def _log_patient(
+    log: logging.Logger | logging.LoggerAdapter,
+    rec: PatientResult,
+    label: str,
+    total: int,
+    named: bool,
+) -> None:
+    """One line per finished patient: `patient 3/10: done`, or with its key and failure reason
+    when the user opted in (a reason names files, and file names hold patient keys)."""
+    if named:
+        why = f": {rec.reason}" if rec.status == FAILED else ""
+        log.info("patient %s: %s%s", label, rec.status, why)
+    else:
+        log.info("patient %s/%d: %s", label, total, rec.status)
+
+
 def _mlflow_params(options: RunOptions, models: Any, threshold: float, source: str, table: Any):
     from pipeline.index import fingerprint
 
@@ -136,7 +124,7 @@ def _mlflow_params(options: RunOptions, models: Any, threshold: float, source: s
 def run_triage(
     archive: str | Path,
     out: str | Path,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = DEFAULT_OPTIONS,
     map_fn: MapFn = serial_map,
     log: logging.Logger | logging.LoggerAdapter | None = None,
     track_fn: Callable[..., str] | None = None,
@@ -148,7 +136,8 @@ def run_triage(
         out: the output folder (must not overlap the archive).
         options: models, threshold and settings.
         map_fn: runs the patients' jobs and yields their `PatientResult`s as they finish.
-        log: where progress goes (no patient keys are ever logged).
+        log: where progress goes; patients are named by their position in the run, by their
+            keys only with `options.log_patient_ids`.
         track_fn: logs the MLflow run (default `pipeline.tracking.log_triage_run`; the flow passes
             a task that retries it, a tracking server being the one transient failure here).
 
@@ -191,14 +180,17 @@ def run_triage(
                 dict(settings.__dict__),
                 previous.get(str(patient)),
                 o.force,
+                display_text(str(patient)) if o.log_patient_ids else str(i),
             )
-            for patient, rows in groups
+            for i, (patient, rows) in enumerate(groups, start=1)
         ]
+        labels = {job.rows[0]["patient"]: job.label for job in jobs}
         records: list[PatientResult] = []
         progress = Progress(len(jobs), len(index.table))  # a terminal only
         for rec in map_fn(jobs):
             records.append(rec)
             progress.update(rec.slice_count)
+            _log_patient(log, rec, labels.get(rec.patient, "?"), len(jobs), o.log_patient_ids)
             if rec.status == DONE:
                 entry = done_entry(out_dir, rec, models.versions())
                 manifest.record_patient(out_dir, rec.patient, entry)

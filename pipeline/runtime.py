@@ -29,14 +29,11 @@ import numpy as np
 
 from pipeline.calibration import gate_p_normal, model_temperature
 from pipeline.preprocess import PreprocessConfig
+from pipeline.settings import OV_PRECISION_CHOICES, OV_PRECISIONS, RUNTIMES, TriageSettings
 from pipeline.triage import resolve_threshold, route_slices
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("tf", "openvino", "auto")
-#: OpenVINO precisions, fastest last; "auto" picks the fastest verified one.
-OV_PRECISIONS = ("f32", "bf16", "int8")
-OV_PRECISION_CHOICES = (*OV_PRECISIONS, "auto")
 EXPORT_RECORD = "export.json"
 CACHE_ENV = "MRI_TRIAGE_CACHE"
 
@@ -400,10 +397,10 @@ def resolve_runtime(runtime: str) -> str:
 def load_triage_runtime(
     classifier: str | None,
     segmenter: str | None,
-    batch: int = 16,
-    precision: str = "float32",
-    runtime: str = "tf",
-    ov_precision: str = "auto",
+    batch: int = TriageSettings.batch,
+    precision: str = TriageSettings.precision,
+    runtime: str = TriageSettings.runtime,
+    ov_precision: str = TriageSettings.ov_precision,
     threshold: float | None = None,
 ) -> Any:
     """Load the two triage models on the chosen runtime (cached per process).
@@ -425,7 +422,7 @@ def load_triage_runtime(
 
     if resolve_runtime(runtime) == "tf":
         return load_triage_models(classifier, segmenter, batch, precision)
-    from pipeline.inference import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
+    from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
 
     uris = {
         "classifier": classifier or DEFAULT_CLASSIFIER,

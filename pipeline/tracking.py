@@ -56,13 +56,29 @@ def _local_store_dir() -> Path:
     return (root if root is not None else Path.cwd()) / "mlflow"
 
 
-def configure_tracking() -> str:
-    """Point MLflow (tracking and registry) at the project's store and return its URI."""
+def store_uri() -> str:
+    """The tracking store, without configuring MLflow: `MLFLOW_TRACKING_URI`, else a URI the
+    caller set with `mlflow.set_tracking_uri`, else the project's SQLite file (folder created)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        store = _local_store_dir()
-        store.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{store / 'mlflow.db'}"
+    if uri:
+        return uri
+    if mlflow.is_tracking_uri_set():
+        return mlflow.get_tracking_uri()
+    store = _local_store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def _client() -> MlflowClient:
+    """A client on `store_uri()` for reading (MLflow's process-wide settings are left alone)."""
+    uri = store_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def configure_tracking() -> str:
+    """Point MLflow (tracking and registry) at `store_uri()` and return it. Only code that writes
+    through MLflow's fluent API (runs, model logging) calls this; readers use `_client()`."""
+    uri = store_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -214,15 +230,15 @@ def epoch_logger(run_id: str, prefix: str = "") -> Any:
 
 def metric_history(run_id: str, key: str) -> list[float]:
     """Values of `key` in step order."""
-    hist = sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)
+    hist = sorted(_client().get_metric_history(run_id, key), key=lambda m: m.step)
     return [m.value for m in hist]
 
 
 def get_run(run_id: str) -> dict[str, Any]:
     """`{"run_id", "name", "status", "experiment", "params", "metrics", "tags"}` of one run."""
-    configure_tracking()
-    run = MlflowClient().get_run(run_id)
-    exp = MlflowClient().get_experiment(run.info.experiment_id)
+    client = _client()
+    run = client.get_run(run_id)
+    exp = client.get_experiment(run.info.experiment_id)
     return {
         "run_id": run_id,
         "name": run.info.run_name,
@@ -239,15 +255,14 @@ def search_runs(experiments: list[str], status: str | None = "FINISHED") -> pd.D
 
     Columns: run_id, status, start_time, experiment, tags.mlflow.runName, params.*, metrics.*.
     """
-    configure_tracking()
-    client = MlflowClient()
+    client = _client()
     frames = []
     for name in experiments:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             continue
-        df = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas")
-        if isinstance(df, pd.DataFrame) and len(df):
+        df = _runs_frame(client, str(exp.experiment_id))
+        if len(df):
             frames.append(df.assign(experiment=name))
     if not frames:
         return pd.DataFrame(columns=["run_id", "status", "experiment"])
@@ -257,17 +272,44 @@ def search_runs(experiments: list[str], status: str | None = "FINISHED") -> pd.D
     return runs.sort_values("start_time", ascending=False).reset_index(drop=True)
 
 
+def _runs_frame(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
+    """Every active run of one experiment as `mlflow.search_runs`' flat table (all pages)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], page_token=token)
+        for run in page:
+            info, data = run.info, run.data
+            rows.append(
+                {
+                    "run_id": info.run_id,
+                    "experiment_id": info.experiment_id,
+                    "status": info.status,
+                    "artifact_uri": info.artifact_uri,
+                    "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+                    "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True),
+                    **{f"metrics.{k}": v for k, v in data.metrics.items()},
+                    **{f"params.{k}": v for k, v in data.params.items()},
+                    **{f"tags.{k}": v for k, v in data.tags.items()},
+                }
+            )
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
+
+
 def load_table(run_id: str, name: str) -> pd.DataFrame:
     """The CSV table `tables/<name>.csv` logged by `log_table`."""
     with tempfile.TemporaryDirectory() as tmp:
+        uri = store_uri()
         path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"tables/{name}.csv", dst_path=tmp
-        )
+            run_id=run_id, artifact_path=f"tables/{name}.csv", dst_path=tmp,
+            tracking_uri=uri, registry_uri=uri,
+        )  # fmt: skip
         return pd.read_csv(path)
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
-    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+    return [a.path for a in _client().list_artifacts(run_id, path)]
 
 
 # ---------------------------------------------------------------- models --------------------------
@@ -408,27 +450,14 @@ def _guess_kind(model: Any) -> str:
     return "classifier" if len(model.output_shape) == 2 else "segmenter"
 
 
-def _version_of(uri: str) -> str:
+def _version_of(uri: str, client: MlflowClient) -> str:
     if not uri.startswith("models:/"):
         return uri
     ref = uri.removeprefix("models:/")
-    client = MlflowClient()
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
     return ref
-
-
-def resolve_version(uri: str) -> str:
-    """The registry version an alias points to now (`models:/name@champion` -> "name/3"); other
-    URIs as given. Raises `ValueError` when MLflow cannot resolve it."""
-    if not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    configure_tracking()
-    try:
-        return _version_of(uri)
-    except MlflowException as exc:
-        raise ValueError(f"cannot resolve model {uri!r}: {exc.message}") from exc
 
 
 def load_model(uri_or_path: str) -> LoadedModel:
@@ -454,11 +483,13 @@ def load_model(uri_or_path: str) -> LoadedModel:
     import mlflow.keras
     from mlflow.models import Model
 
-    configure_tracking()
+    store = store_uri()
     try:
-        version = _version_of(uri_or_path)
+        version = _version_of(uri_or_path, _client())
         with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri_or_path, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri_or_path, dst_path=tmp, tracking_uri=store, registry_uri=store
+            )
             meta = Model.load(str(Path(local) / "MLmodel")).metadata or {}
             model = mlflow.keras.load_model(local, load_model_kwargs={"compile": False})
     except MlflowException as exc:
@@ -475,17 +506,18 @@ def model_reference(uri: str) -> tuple[str, bytes]:
     Raises:
         ValueError: a URI MLflow cannot resolve (message says which).
     """
-    configure_tracking()
+    store, client = store_uri(), _client()
     try:
-        version = _version_of(uri)
+        version = _version_of(uri, client)
         source = uri
         if uri.startswith("models:/"):
             name, number = version.rsplit("/", 1)
-            source = MlflowClient().get_model_version_download_uri(name, number)
+            source = client.get_model_version_download_uri(name, number)
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/MLmodel", dst_path=tmp
-            )
+                artifact_uri=f"{source.rstrip('/')}/MLmodel", dst_path=tmp,
+                tracking_uri=store, registry_uri=store,
+            )  # fmt: skip
             return version, Path(local).read_bytes()
     except MlflowException as exc:
         raise ValueError(f"cannot resolve model {uri!r}: {exc.message}") from exc

@@ -3,7 +3,9 @@ that keep keys and reasons safe (no Prefect, no models)."""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
 import os
 import resource
 import struct
@@ -12,8 +14,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import dicom_helpers as dh
 import nibabel as nib
 import numpy as np
+import pydicom
+import pytest
 import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,8 +64,32 @@ def _gzip_bomb(path: Path, shape: tuple[int, int, int] = (640, 640, 400)) -> Non
             fh.write(zero[: min(len(zero), total - start)])
 
 
+def _wide_patient(folder: Path, slices: int = 10, side: int = 4096) -> None:
+    """A Kaggle patient of `slices` slices of `side` x `side` pixels: each slice within the slice
+    limit, together 1920 MiB once decoded (over the per-patient limit and the child's memory)."""
+    folder.mkdir(parents=True)
+    row = (np.arange(side) % 251).astype(np.uint8)
+    image = np.ascontiguousarray(np.broadcast_to(row[None, :, None], (side, side, 3)))
+    for k in range(1, slices + 1):
+        tifffile.imwrite(str(folder / f"{folder.name}_{k}.tif"), image, compression="zlib")
+
+
+def _dicom_header_bomb(folder: Path) -> None:
+    """A real 3-slice FLAIR series whose headers then all claim 60000 x 60000 pixels."""
+    stored, affine = dh.grid(dh.phantom(3, 32))
+    for path in dh.write_series(folder, stored, affine):
+        ds = pydicom.dcmread(path)
+        ds.Rows = ds.Columns = 60000
+        ds.save_as(path)
+
+
 def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _limit_data() -> None:
+    # The data segment, not the address space: TensorFlow reserves address space it never uses.
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path) -> None:
@@ -107,6 +136,72 @@ def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path
     assert "over the limit" in errors["HDRBOMB"] and "over the limit" in errors["GZBOMB"]
     loader = [ln for ln in lines if ln.startswith("loader")]
     assert len(loader) == 2 and all("limit" in ln for ln in loader)
+
+
+@pytest.mark.slow
+def test_a_run_over_size_bombs_fails_each_with_its_reason_under_a_memory_limit(
+    tmp_path: Path,
+) -> None:
+    """The whole run in a child whose data segment is capped: every bomb (header bombs, a gzip
+    bomb, a DICOM series claiming huge frames, a patient of many large slices) is a failed
+    patient naming the limit, the good patient is triaged, and the process never runs out."""
+    archive = tmp_path / "archive"
+    good = archive / "GOOD"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in (1, 2):
+        tifffile.imwrite(str(good / f"GOOD_{k}.tif"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    (archive / "TIFBOMB").mkdir()
+    _tif_bomb(archive / "TIFBOMB" / "TIFBOMB_1.tif")
+    _nifti_header_bomb(archive / "HDRBOMB.nii")
+    _gzip_bomb(archive / "GZBOMB.nii.gz")
+    _wide_patient(archive / "WIDE")
+    _dicom_header_bomb(archive / "dicom")
+    code = textwrap.dedent(
+        f"""
+        import json, resource, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import triage_helpers as th
+        from pipeline.index import build_index
+        from pipeline.io import load_patient
+        from pipeline.quality import Limits
+        from pipeline.run import RunOptions, run_triage, serial_map
+        clf = th.save(th.bright_classifier(), {str(tmp_path / "c.keras")!r}, "classifier")
+        seg = th.save(th.bright_segmenter(), {str(tmp_path / "s.keras")!r}, "segmenter")
+        options = RunOptions(clf, seg, threshold=0.5, track=False, runtime="tf")
+        result = run_triage({str(archive)!r}, {str(tmp_path / "out")!r}, options, serial_map)
+        # The loader's own check, for rows an index with a generous limit let through.
+        loose = build_index({str(archive)!r}, limits=Limits(max_patient_mb=10**6)).table
+        try:
+            load_patient(loose[loose["patient"] == "WIDE"])
+            loader = "loaded"
+        except Exception as exc:
+            loader = f"{{type(exc).__name__}}: {{exc}}"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(json.dumps({{"exit": result.exit_code, "loader": loader, "peak_mb": peak}}))
+        """
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env["MRI_TRIAGE_SALT"] = dh.SALT
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+        preexec_fn=_limit_data, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    print(outcome)
+    assert outcome["exit"] == 1  # some patients failed; the run itself finished
+    assert outcome["loader"].startswith("InputQualityError: ")
+    assert "MiB per patient" in outcome["loader"]
+    with (tmp_path / "out" / "summary.csv").open(newline="", encoding="utf-8") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert rows["GOOD"]["status"] == "done"
+    (dicom,) = [k for k in rows if k not in ("GOOD", "TIFBOMB", "HDRBOMB", "GZBOMB", "WIDE")]
+    for patient in ("TIFBOMB", "HDRBOMB", "GZBOMB", "WIDE", dicom):
+        assert rows[patient]["status"] == "failed", rows[patient]
+        assert "limit" in rows[patient]["reason"], rows[patient]
+    assert "1920 MiB decoded" in rows["WIDE"]["reason"]
+    assert "60000x60000" in rows[dicom]["reason"]
 
 
 def _case(folder: Path, t1_shift: float, seg: bool = True) -> Path:

@@ -35,10 +35,17 @@ def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
         run_triage(archive, archive, options, serial_map)
 
 
-def test_a_moved_champion_is_never_served_from_the_cache(tmp_path: Path, mlflow_uri: str) -> None:
+@pytest.mark.parametrize("runtime", ["tf", "auto"])
+def test_a_moved_champion_is_never_served_from_the_cache(
+    tmp_path: Path, mlflow_uri: str, runtime: str
+) -> None:
+    """A long-lived worker asks for `@champion` again and again: after the alias moves, the next
+    load is the new version's model (its predictions, not only its name), and back again."""
+    import numpy as np
+
     from pipeline import tracking
-    from pipeline.inference import load_triage_models
     from pipeline.preprocess import PreprocessConfig
+    from pipeline.runtime import load_triage_runtime
 
     pre = PreprocessConfig(image_size=th.SIZE)
     for cut in (0.8, 0.7):  # two registered classifier versions
@@ -47,7 +54,14 @@ def test_a_moved_champion_is_never_served_from_the_cache(tmp_path: Path, mlflow_
     seg = th.save(th.bright_segmenter(), tmp_path / "s.keras", "segmenter")
     client = tracking.MlflowClient()
     name, uri = "mri-triage-classifier", "models:/mri-triage-classifier@champion"
-    client.set_registered_model_alias(name, "champion", "1")
-    assert load_triage_models(uri, seg).versions()["classifier"] == f"{name}/1"
-    client.set_registered_model_alias(name, "champion", "2")  # a long-lived worker sees the move
-    assert load_triage_models(uri, seg).versions()["classifier"] == f"{name}/2"
+    x = np.zeros((1, th.SIZE, th.SIZE, 3), np.float32)
+    x[0, 10, 10, 1] = 0.75  # brightest FLAIR pixel between the two versions' cuts
+
+    def p_tumour(version: str) -> float:
+        client.set_registered_model_alias(name, "champion", version)
+        models = load_triage_runtime(uri, seg, 8, runtime=runtime, threshold=0.5)
+        assert models.versions()["classifier"] == f"{name}/{version}"
+        return float(models.classify(x)[0, 1])
+
+    first, moved, back = p_tumour("1"), p_tumour("2"), p_tumour("1")
+    assert first < 0.5 < moved and back == first
