@@ -1,14 +1,17 @@
 """The triage flow: screen every slice of an archive, segment the flagged ones, report per patient.
 
 Decorators over `pipeline.run.run_triage`, which owns the run (checks, lock, index, manifest,
-reports, MLflow): the flow hands it a `map_fn` that submits one task per patient (small records in
-and out, never pixel arrays), on threads by default or Dask with `--dask-address`. The CLI handlers
-and the nightly deployment live here too.
+reports, MLflow): the flow hands it a `map_fn` that submits, on its threads, one task per worker,
+each going through its share of the patients with the next ones read and the previous ones written
+while its models run (`pipeline.worker`), or on Dask (`--dask-address`) or with `prefetch=0`, one
+task per patient. Small records in and out, never pixel arrays. The CLI handlers and the nightly
+deployment live here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -33,7 +37,8 @@ from pipeline.run import (
     run_triage,
 )
 from pipeline.run_summary import worklist_markdown
-from pipeline.settings import WORKERS
+from pipeline.settings import WORKERS, TriageSettings
+from pipeline.worker import lanes, work_through
 
 
 @task(
@@ -48,8 +53,47 @@ def triage_patient_task(job: PatientJob) -> PatientResult:
     return run_patient_job(job)
 
 
-def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
-    """`run_triage`'s `map_fn`: a task per patient on the flow's runner, records as they finish."""
+@task(name="triage-worker", task_run_name="triage-worker-{worker}", cache_policy=NO_CACHE)
+def triage_worker_task(jobs: list[PatientJob], worker: int, sink: queue.Queue[Any]) -> int:
+    """One worker's share of the patients (`pipeline.worker.work_through`: reading ahead and
+    writing behind its models); each result goes onto `sink` as soon as it is written (a queue of
+    this process: thread runner only). Returns the number of patients."""
+    done = 0
+    for result in work_through(jobs):
+        sink.put(result)
+        done += 1
+    return done
+
+
+_WORKER_DONE = object()
+
+
+def _by_worker(jobs: Sequence[PatientJob], workers: int) -> Iterator[PatientResult]:
+    """A task per worker on the flow's threads; each patient's result as soon as it is written."""
+    sink: queue.Queue[Any] = queue.Queue()
+    futures = []
+    for i, share in enumerate(lanes(jobs, workers), start=1):
+        futures.append(triage_worker_task.submit(share, i, sink))
+        futures[-1].add_done_callback(lambda _: sink.put(_WORKER_DONE))  # after its last result
+    finished = 0
+    while finished < len(futures):
+        got = sink.get()
+        if got is _WORKER_DONE:
+            finished += 1
+        else:
+            yield got
+    for future in futures:
+        future.result()  # a worker's own crash (not a patient's failure) fails the run here
+
+
+def _submit_each(jobs: Sequence[PatientJob], workers: int = WORKERS) -> Iterator[PatientResult]:
+    """`run_triage`'s `map_fn`: results as they finish. On the flow's threads a task per worker
+    (`_by_worker`); on Dask, or with `prefetch=0`, a task per patient."""
+    context = FlowRunContext.get()
+    threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    if jobs and threads and TriageSettings(**jobs[0].settings).prefetch > 0:
+        yield from _by_worker(jobs, workers)
+        return
     futures = [triage_patient_task.submit(job) for job in jobs]
     for future in as_completed(futures):
         yield future.result()
@@ -78,10 +122,14 @@ def triage_flow(
     postprocess: dict[str, Any] | None = None,
     log_outputs: bool = False,
     log_patient_ids: bool = False,
+    prefetch: int = RunOptions.prefetch,
+    xla: str = RunOptions.xla,
+    workers: int = WORKERS,
 ) -> dict[str, Any]:
-    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per patient).
+    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per worker).
 
-    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults.
+    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults, and `workers`:
+    how many workers share the patients on the flow's threads (`_submit_each`).
 
     Returns:
         `RunResult.as_dict()`: `{"exit_code", "metrics", "out", "summary_csv", "index_html",
@@ -90,9 +138,13 @@ def triage_flow(
     options = RunOptions(
         classifier, segmenter, threshold, force, min_component, batch, precision, track, runtime,
         ov_precision, series_pattern, key_map, limits, dict(postprocess or {}), log_outputs,
-        log_patient_ids,
+        log_patient_ids, prefetch, xla,
     )  # fmt: skip
-    result = run_triage(archive, out, options, _submit_each, get_run_logger(), log_mlflow_run)
+
+    def map_fn(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
+        return _submit_each(jobs, workers)
+
+    result = run_triage(archive, out, options, map_fn, get_run_logger(), log_mlflow_run)
     publish_summary(result)
     return result.as_dict()
 
@@ -151,6 +203,9 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "limits": limits_of(args),
         "log_outputs": bool(getattr(args, "log_outputs", d.log_outputs)),
         "log_patient_ids": bool(getattr(args, "log_patient_ids", d.log_patient_ids)),
+        "prefetch": getattr(args, "prefetch", d.prefetch),
+        "xla": getattr(args, "xla", d.xla),
+        "workers": getattr(args, "workers", WORKERS),
         "postprocess": {
             k: getattr(args, k)
             for k in ("lone_slice_area", "min_volume", "tta")
@@ -170,7 +225,7 @@ def cli_triage(args: argparse.Namespace) -> int:
         kw = _flow_kwargs(args)
         load_triage_runtime(  # models checked before Prefect starts (cached: the run reuses them)
             kw["classifier"], kw["segmenter"], kw["batch"], kw["precision"], kw["runtime"],
-            kw["ov_precision"], kw["threshold"],
+            kw["ov_precision"], kw["threshold"], kw["xla"],
         )  # fmt: skip
         runner = make_task_runner(args.dask_address, getattr(args, "workers", WORKERS))
         result = triage_flow.with_options(task_runner=runner)(

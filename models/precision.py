@@ -15,9 +15,10 @@ import copy
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -56,7 +57,8 @@ def inference_policy() -> str:
     return choose_policy(has_gpu(), cpu_flags())
 
 
-#: `--xla`: "auto" = on with a GPU, off on a CPU.
+#: `--xla`: "auto" = on with a GPU, off on a CPU. (Keras is imported only where it is used, so
+#: `pipeline.settings` can read these choices cheaply.)
 XLA_CHOICES = ("auto", "on", "off")
 
 
@@ -85,6 +87,8 @@ def policy_scope(policy: str) -> Iterator[None]:
     """Set Keras' global dtype policy inside the block and restore the previous one after."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+    import keras
+
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -122,6 +126,8 @@ def rebuild_with_policy(model: keras.Model, policy: str) -> keras.Model:
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+    import keras
+
     serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
     config = serialized["config"]
     outputs = config.get("output_layers", [])

@@ -1,10 +1,12 @@
 """`mri-triage bench triage ARCHIVE`: end-to-end triage against the models' own batched time.
 
-On the same slices in one process: (1) the whole per-patient pipeline (read, preprocess, classify,
-route, segment, post-process, write masks and reports), `workers` patients at once as the flow runs
-them (model calls serialised, reading and writing overlapped with them); (2) the models alone,
-batched, on the same preprocessed inputs; (3) a per-slice `model.predict` loop as the public
-notebooks write it, timed on a subset and extrapolated to all slices. Also the segmenter calls the
+On the same slices in one process: (1) the whole per-patient pipeline (manifest key, read,
+preprocess, classify, route, segment, post-process, write masks and reports) through the run's own
+per-worker code, `workers` workers as the flow runs them, each reading `prefetch` patients ahead
+and writing behind its models (`pipeline.worker`; model calls serialised); (2) the models alone:
+the same model stage (`pipeline.inference.predict_patient`, the mirror included) on the same
+inputs, read beforehand; (3) a per-slice `model.predict` loop as the public notebooks write it,
+timed on a subset and extrapolated to the same model work. Also the segmenter calls the
 gate saved, and memory (RSS after each patient and its peak, sampled every 10 ms) to show it does
 not grow with the number of patients. `tracemalloc` is not used: it slows every allocation and would
 bill its own cost to the pipeline. Figures are printed, never asserted.
@@ -16,7 +18,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,62 @@ def _per_slice_seconds(model: Any, x: np.ndarray) -> float:
     return (time.perf_counter() - start) / max(len(x), 1)
 
 
+def _warm_up(models: Any, first: Any, batch: int) -> None:
+    """Run every batch shape the predictors use once (kernels are built, XLA compiles, per
+    shape), so no measurement pays for it. `first` is a patient's `PatientWork`."""
+    from pipeline.predictor import batch_buckets
+
+    x = first.x
+    xs = x if first.xs is None else first.xs
+    for b in batch_buckets(batch):
+        models.classify(np.resize(x, (b, *x.shape[1:])))
+        models.segment(np.resize(xs, (b, *xs.shape[1:])))
+
+
+def _end_to_end(jobs: list[Any], workers: int) -> dict[str, Any]:
+    """The run's own per-worker code (`pipeline.worker`) on `workers` threads, as the flow's
+    default runner runs it: its results, seconds, RSS after each patient and peak RSS."""
+    from pipeline.worker import lanes, work_through
+
+    results: list[Any] = []
+    rss: list[float] = []
+    lock = threading.Lock()
+
+    def run(share: list[Any]) -> None:
+        for result in work_through(share):
+            with lock:
+                results.append(result)
+                rss.append(_rss_mb())
+
+    shares = lanes(jobs, workers)
+    peak = _PeakRss()
+    with peak, ThreadPoolExecutor(len(shares)) as pool:
+        start = time.perf_counter()
+        list(pool.map(run, shares))
+        seconds = time.perf_counter() - start
+    return {"results": results, "seconds": seconds, "rss": rss, "peak": peak.mb}
+
+
+def _models_alone(
+    groups: list[pd.DataFrame], models: Any, settings: TriageSettings, keep: int
+) -> tuple[float, float, np.ndarray]:
+    """`predict_patient` (the models' whole share of triage: classify, route, segment with the
+    mirror) on each patient, read beforehand: classifier and segmenter seconds, and the first
+    `keep` classifier inputs (for the per-slice loop)."""
+    from pipeline.inference import predict_patient, read_patient
+
+    clf = seg = 0.0
+    kept: list[np.ndarray] = []
+    for rows in groups:
+        work = read_patient(rows, models, settings)
+        if sum(len(a) for a in kept) < keep and work.x is not None:
+            kept.append(work.x)
+        work = predict_patient(work, models, settings)
+        clf += work.timings["classify"]
+        seg += work.timings["segment"]
+    return clf, seg, np.concatenate(kept)[:keep] if kept else np.zeros((0,))
+
+
 def bench_triage(
     archive: str,
     classifier: str | None,
@@ -76,106 +133,74 @@ def bench_triage(
     workers: int = WORKERS,
     runtime: str = TriageSettings.runtime,
     ov_precision: str = TriageSettings.ov_precision,
+    prefetch: int = TriageSettings.prefetch,
+    xla: str = TriageSettings.xla,
+    patients: int | None = None,
 ) -> dict[str, Any]:
     """Run the three measurements and return the figures (no patient keys).
 
     `threshold` None = the classifier's operating point. `runtime` / `ov_precision` choose the
     models' runtime (`pipeline.runtime`); the per-slice loop is TF's `model.predict` (skipped
-    with `loop_slices=0`, or when a model is not on TF).
+    with `loop_slices=0`, or when a model is not on TF). `prefetch` and `xla` as a triage run's;
+    `patients` = only the first N patients (None: all).
 
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
         `ratio_end_to_end_to_model`, `per_slice_loop_s` (extrapolated) and `loop_slices_timed`,
         `speedup_vs_per_slice_loop`, `segmenter_calls_saved`, `rss_mb_after_patient` (list),
         `rss_peak_mb` (sampled), `model_s_in_end_to_end` (model time inside the end-to-end run),
-        `model_s_classify` / `model_s_segment`, `runtimes`, `parity`, `notes`, versions and
-        settings.
+        `model_s_classify` / `model_s_segment`, `failures`, `runtimes`, `parity`, `notes`,
+        versions and settings.
     """
-    from pipeline.calibration import gate_p_normal, model_temperature
     from pipeline.index import build_index
-    from pipeline.inference import triage_patient
-    from pipeline.io import load_patient
-    from pipeline.preprocess import patient_inputs, prepare_batch
+    from pipeline.inference import read_patient
+    from pipeline.run import PatientJob
     from pipeline.runtime import load_triage_runtime
-    from pipeline.triage import resolve_threshold, route_slices
+    from pipeline.triage import resolve_threshold
 
     models = load_triage_runtime(
-        classifier, segmenter, batch, precision, runtime, ov_precision, threshold
+        classifier, segmenter, batch, precision, runtime, ov_precision, threshold, xla
     )
     threshold = resolve_threshold(threshold, models.classifier.info)[0]  # as a triage run does
-    temperature = model_temperature(models.classifier.info)
     settings = TriageSettings(threshold, batch=batch, precision=precision, runtime=runtime,
-                              ov_precision=ov_precision)  # fmt: skip
+                              ov_precision=ov_precision, prefetch=prefetch, xla=xla)  # fmt: skip
+    uris = {"classifier": classifier, "segmenter": segmenter}
     rss_start = _rss_mb()
     table = build_index(archive).table
-    groups = [rows for _, rows in table.groupby("patient", sort=True)]
-    same_size = models.segmenter.preprocess == models.classifier.preprocess
-    # Warm-up: trace both compiled functions once so no measurement pays for tracing.
-    first = prepare_batch(load_patient(groups[0], models.classifier.preprocess).images[:2],
-                          models.classifier.preprocess)  # fmt: skip
-    models.classify(first)
-    models.segment(first if same_size else prepare_batch(first, models.segmenter.preprocess))
-
-    rss: list[float] = []
-    flagged_total = 0
-    lock = threading.Lock()
-
-    def one(rows: pd.DataFrame) -> None:
-        nonlocal flagged_total
-        rep = triage_patient(rows, out, models, settings)
-        with lock:
-            flagged_total += len(rep["summary"]["flagged_slices"])
-            rss.append(_rss_mb())
+    groups = [rows for _, rows in table.groupby("patient", sort=True)][:patients]
+    n = sum(len(rows) for rows in groups)
+    _warm_up(models, read_patient(groups[0], models, settings), batch)
 
     models.classify.seconds = models.segment.seconds = 0.0
-    peak = _PeakRss()
-    with peak, tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:
-        out = Path(tmp)
-        start = time.perf_counter()
-        list(pool.map(one, groups))  # as the flow's default runner: `workers` patients at once
-        e2e = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [PatientJob.of(rows, tmp, uris, settings, force=True) for rows in groups]
+        e2e = _end_to_end(jobs, workers)
     inside = models.classify.seconds + models.segment.seconds
-
-    # The models alone, batched, on the same preprocessed slices (preparation not timed).
-    model_s = clf_s = 0.0
-    loop_x: list[np.ndarray] = []
-    for rows in groups:
-        ps = load_patient(rows, models.classifier.preprocess)
-        x = patient_inputs(ps.images, models.classifier.preprocess)
-        start = time.perf_counter()
-        p_normal = gate_p_normal(models.classify(x)[:, 1], temperature)  # as triage routes
-        flagged = route_slices(p_normal, threshold)
-        clf_s += time.perf_counter() - start
-        if flagged.any():  # the segmenter's input is prepared outside the timed region
-            pre = models.segmenter.preprocess
-            xs = x[flagged] if same_size else patient_inputs(ps.images, pre)[flagged]
-            start = time.perf_counter()
-            models.segment(xs)
-            model_s += time.perf_counter() - start
-        if sum(len(a) for a in loop_x) < loop_slices:
-            loop_x.append(x)
-    n = len(table)
+    done = [r for r in e2e["results"] if r.findings is not None]
+    flagged = sum(len(r.findings.flagged_slices) for r in done)
+    clf_s, seg_s, loop_x = _models_alone(groups, models, settings, loop_slices)
+    seconds = e2e["seconds"]
     loop = {"per_slice_loop_s": None, "loop_slices_timed": 0, "speedup_vs_per_slice_loop": None}
     on_tf = models.classifier.model is not None and models.segmenter.model is not None
-    if loop_slices > 0 and on_tf:
-        lx = np.concatenate(loop_x)[:loop_slices]
-        loop = per_slice_loop(models, lx, n, flagged_total, e2e)
+    if loop_slices > 0 and on_tf:  # the same segmenter work: the mirror too with `tta`
+        loop = per_slice_loop(models, loop_x, n, flagged * (2 if settings.tta else 1), seconds)
     return {
         "patients": len(groups),
         "slices": n,
-        "flagged": flagged_total,
-        "segmenter_calls_saved": n - flagged_total,
-        "end_to_end_s": e2e,
-        "end_to_end_slices_per_s": n / e2e,
-        "model_s": clf_s + model_s,
+        "flagged": flagged,
+        "failures": len(e2e["results"]) - len(done),
+        "segmenter_calls_saved": n - flagged,
+        "end_to_end_s": seconds,
+        "end_to_end_slices_per_s": n / seconds,
+        "model_s": clf_s + seg_s,
         "model_s_classify": clf_s,
-        "model_s_segment": model_s,
-        "ratio_end_to_end_to_model": e2e / (clf_s + model_s),
+        "model_s_segment": seg_s,
+        "ratio_end_to_end_to_model": seconds / (clf_s + seg_s),
         **loop,
         "model_s_in_end_to_end": inside,
         "rss_mb_at_start": round(rss_start, 1),
-        "rss_mb_after_patient": [round(r, 1) for r in rss],
-        "rss_peak_mb": round(peak.mb, 1),
+        "rss_mb_after_patient": [round(r, 1) for r in e2e["rss"]],
+        "rss_peak_mb": round(e2e["peak"], 1),
         "models": models.versions(),
         "runtimes": models.runtimes,
         "parity": models.parity,
@@ -183,6 +208,7 @@ def bench_triage(
         "threshold": threshold,
         "batch": batch,
         "workers": workers,
+        "prefetch": prefetch,
         "precision": models.precision,
     }
 

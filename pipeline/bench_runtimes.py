@@ -76,8 +76,10 @@ def interleaved(kwargs: dict[str, Any], configs: list[dict[str, str]], rounds: i
     loaded = {}
     for cfg in configs:
         args = (kwargs["classifier"], kwargs["segmenter"], kwargs["batch"], kwargs["precision"])
-        loaded[cfg["name"]] = load_triage_runtime(*args, cfg["runtime"], cfg.get("ov_precision",
-                                                  "auto"), kwargs["threshold"])  # fmt: skip
+        ov = cfg.get("ov_precision", "auto")
+        loaded[cfg["name"]] = load_triage_runtime(
+            *args, cfg["runtime"], ov, kwargs["threshold"], kwargs["xla"]
+        )
     any_models = next(iter(loaded.values()))
     table = build_index(kwargs["archive"]).table
     xs: list[np.ndarray] = []
@@ -144,8 +146,27 @@ def _fmt(v: float | None, spec: str = ".2f", unit: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{unit}"
 
 
-def config_table(name: str, r: dict[str, Any], base: dict[str, Any], peak: float) -> str:
-    """One configuration's figures as a Markdown table (speed-ups against the TF loop and run)."""
+def _memory_row(r: dict[str, Any], few: dict[str, Any] | None) -> tuple[str, str]:
+    """Peak RSS of the first N patients alone against the whole archive's (target <= 1.05x)."""
+    if not few or "error" in few:
+        why = " / ".join(few["error"]) if few else "not measured (--memory-patients 0)"
+        return ("RSS peak, first patients alone", why)
+    ratio = r["rss_peak_mb"] / few["rss_peak_mb"]
+    return (
+        f"RSS peak, {r['patients']} patients / first {few['patients']} alone",
+        f"{r['rss_peak_mb']:.0f} / {few['rss_peak_mb']:.0f} MB = {ratio:.3f}x",
+    )
+
+
+def config_table(
+    name: str,
+    r: dict[str, Any],
+    base: dict[str, Any],
+    peak: float,
+    few: dict[str, Any] | None = None,
+) -> str:
+    """One configuration's figures as a Markdown table (speed-ups against the TF loop and run;
+    `few` = the same configuration on the first patients only, for its memory)."""
     if "error" in r:
         return f"### {name}\n\nfailed: {' / '.join(r['error'])}"
     gf = base.get("gflops_per_slice") or {}
@@ -178,6 +199,7 @@ def config_table(name: str, r: dict[str, Any], base: dict[str, Any], peak: float
         ),
         ("RSS growth per patient", f"{per_patient:+.1f} MB"),
         ("RSS peak (sampled)", f"{r['rss_peak_mb']:.0f} MB"),
+        _memory_row(r, few),
         ("process start to last result", f"{r['startup_to_results_s']:.1f} s"),
         ("TensorFlow imported", str(r["tensorflow_imported"])),
     ]
@@ -215,7 +237,7 @@ def bench_runtimes(args: argparse.Namespace) -> dict[str, Any]:
     common = {
         "archive": args.archive, "classifier": args.classifier, "segmenter": args.segmenter,
         "threshold": args.threshold, "batch": args.batch, "precision": args.precision,
-        "workers": args.workers,
+        "workers": args.workers, "prefetch": args.prefetch, "xla": args.xla,
     }  # fmt: skip
     configs = {"tf-" + args.precision: {"runtime": "tf", "loop_slices": args.loop_slices,
                                         "flops": True}}  # fmt: skip
@@ -227,12 +249,16 @@ def bench_runtimes(args: argparse.Namespace) -> dict[str, Any]:
                                             "loop_slices": 0}  # fmt: skip
     peak_before = matmul_peak_gflops()
     results = {name: run_config({**common, **extra}) for name, extra in configs.items()}
+    few = {}  # each configuration again on the first patients alone: does memory grow with more?
+    if args.memory_patients > 0:
+        alone = {"patients": args.memory_patients, "loop_slices": 0, "flops": False}
+        few = {name: run_config({**common, **extra, **alone}) for name, extra in configs.items()}
     turns = [{"name": n, **{k: v for k, v in e.items() if k in ("runtime", "ov_precision")}}
              for n, e in configs.items()]  # fmt: skip
     alternating = run_config({**common, "interleaved": turns})
     peak = max(peak_before, matmul_peak_gflops())
     return {"cpu": cpu_summary(), "matmul_peak_gflops": round(peak, 1), "configs": results,
-            "interleaved": alternating}  # fmt: skip
+            "first_patients": few, "interleaved": alternating}  # fmt: skip
 
 
 def cli_bench_triage(args: argparse.Namespace) -> int:
@@ -254,7 +280,8 @@ def cli_bench_triage(args: argparse.Namespace) -> int:
         print(f"the TF reference run failed: {base['error']}")
         return 1
     for name, r in out["configs"].items():
-        print(config_table(name, r, base, out["matmul_peak_gflops"]) + "\n")
+        few = out["first_patients"].get(name)
+        print(config_table(name, r, base, out["matmul_peak_gflops"], few) + "\n")
     print(interleaved_table(out["interleaved"]))
     return 0
 

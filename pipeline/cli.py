@@ -231,6 +231,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--ov-precisions", nargs="+", default=ov, choices=ov, help="auto: fastest verified one"
     )
+    _add_speed_options(t, s.RunOptions())
+    t.add_argument(
+        "--memory-patients",
+        type=int,
+        default=10,
+        metavar="N",
+        help="also run each configuration on the first N patients alone, to compare its peak "
+        "memory with the whole archive's (0 skips it; default %(default)s)",
+    )
     _handler(t, "pipeline.bench_runtimes:cli_bench_triage")
 
 
@@ -472,7 +481,29 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
         "failure reasons (default: by their position in the run, no keys, no reasons)",
     )
     _add_runtime_options(p, d)
+    _add_speed_options(p, d)
     _add_limits(p)
+
+
+def _add_speed_options(p: argparse.ArgumentParser, d: RunOptions) -> None:
+    from pipeline.settings import XLA_CHOICES
+
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=d.prefetch,
+        metavar="N",
+        help="patients each worker reads ahead of its models (and at most N more waiting to be "
+        "written behind them); 0 = each patient start to finish in turn (default %(default)s)",
+    )
+    p.add_argument(
+        "--xla",
+        default=d.xla,
+        choices=XLA_CHOICES,
+        help="compile the TensorFlow models with XLA; auto = on a GPU only (a GPU with "
+        "--precision auto also runs mixed_float16); the GPU path is unverified on real GPUs "
+        "(default %(default)s)",
+    )
 
 
 def _add_runtime_options(p: argparse.ArgumentParser, d: RunOptions) -> None:

@@ -9,7 +9,6 @@ moved into place in one rename. Nothing here knows about Prefect; the flow only 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import threading
@@ -26,6 +25,7 @@ from pipeline import manifest, report, viewer
 from pipeline.calibration import gate_p_normal, model_temperature
 from pipeline.postprocess import remove_isolated_3d, remove_small_components
 from pipeline.postprocess import threshold_probabilities as binarise
+from pipeline.predictor import BatchPredictor
 from pipeline.records import CHANGED, DONE, FAILED, NEW, SKIPPED, PatientResult, TruthMetrics
 from pipeline.safety import clean_reason, output_name
 from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, TriageSettings
@@ -33,48 +33,6 @@ from pipeline.triage import route_slices
 
 #: Pixels of the slice size the 3-D post-processing areas are given for (256 x 256).
 REFERENCE_PIXELS = 256 * 256
-
-
-class BatchPredictor:
-    """A Keras model behind one compiled `tf.function`, fed in fixed-size batches.
-
-    The batch dimension is left open in the input signature, so a patient's last, shorter batch
-    reuses the same graph instead of retracing. Thread-safe. Predictors built with the same `lock`
-    run one call at a time: TensorFlow already spreads one call over every core, so two patients'
-    model calls at once only fight over the cores, while the other threads read, post-process and
-    write. `seconds` counts the time spent computing (holding the lock), not waiting for it.
-    """
-
-    def __init__(self, model: Any, batch: int = 16, lock: threading.Lock | None = None) -> None:
-        import tensorflow as tf
-
-        self.model = model
-        self.batch = int(batch)
-        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-        self._fn = tf.function(self._forward, input_signature=[spec], reduce_retracing=True)
-        self._compute = lock if lock is not None else threading.Lock()
-        self._lock = threading.Lock()
-        self.seconds = 0.0
-        self.slices = 0
-
-    def _forward(self, x: Any) -> Any:
-        return self.model(x, training=False)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Predict `(N, S, S, 3)` float32 in batches; returns the stacked float32 outputs."""
-        x = np.asarray(x, dtype=np.float32)
-        if not len(x):
-            return np.zeros((0, *self.model.output_shape[1:]), dtype=np.float32)
-        outs = []
-        with self._compute:
-            start = time.perf_counter()
-            for i in range(0, len(x), self.batch):
-                outs.append(np.asarray(self._fn(x[i : i + self.batch]), dtype=np.float32))
-            spent = time.perf_counter() - start
-        with self._lock:
-            self.seconds += spent
-            self.slices += len(x)
-        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
 @dataclass
@@ -100,21 +58,14 @@ _cache: dict[tuple, TriageModels] = {}
 _cache_lock = threading.Lock()
 
 
-def _resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    from models.precision import inference_policy
-
-    return inference_policy()
-
-
 def _file_digest(uri: str) -> str:
     """Short SHA-256 of a local model file and its sidecar; "" for registry/run URIs."""
     path = Path(uri)
     if not path.is_file():
         return ""
     files = [path, *[p for p in [path.with_suffix(".json")] if p.is_file()]]
-    return manifest.files_digest(files)[:12]
+    # Once per unchanged file, not once per patient (hashing a 300 MB model takes ~0.5 s).
+    return manifest.remembered_digest(files, lambda: manifest.files_digest(files)[:12])
 
 
 def _identity(uri: str) -> tuple[str, str, bool]:
@@ -138,13 +89,16 @@ def load_triage_models(
     segmenter: str | None,
     batch: int = TriageSettings.batch,
     precision: str = TriageSettings.precision,
+    xla: str = TriageSettings.xla,
 ) -> TriageModels:
     """Load (once per process and model version) the classifier and segmenter and compile them.
 
     Args:
         classifier, segmenter: MLflow model URIs or `.keras` files; None = registered champion.
         batch: slices per model call.
-        precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto".
+        precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto" (`mixed_float16` on a
+            GPU, see `models.precision.inference_plan`).
+        xla: "auto" (XLA on a GPU only), "on" or "off".
 
     Raises:
         ValueError: a model is not of the expected kind, or cannot be resolved
@@ -160,11 +114,13 @@ def load_triage_models(
     # Keyed on what each model is now (a file's bytes, an alias's version and its digest): a model
     # replaced in place or a moved `champion` is never served stale from the cache.
     found = {kind: _identity(uri) for kind, uri in uris.items()}
-    key = (*uris.values(), *(digest for _, digest, _ in found.values()), int(batch), precision)
+    key = (*uris.values(), *(d for _, d, _ in found.values()), int(batch), precision, xla)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
-        policy = _resolve_precision(precision)
+        from models.precision import cpu_flags, has_gpu, inference_plan
+
+        policy, jit = inference_plan(precision, xla, has_gpu(), cpu_flags())
         loaded = {}
         for kind, uri in uris.items():
             source, digest, local = found[kind]
@@ -181,11 +137,11 @@ def load_triage_models(
         models = TriageModels(
             classifier=loaded["classifier"],
             segmenter=loaded["segmenter"],
-            classify=BatchPredictor(loaded["classifier"].model, batch, compute),
-            segment=BatchPredictor(loaded["segmenter"].model, batch, compute),
+            classify=BatchPredictor(loaded["classifier"].model, batch, compute, jit),
+            segment=BatchPredictor(loaded["segmenter"].model, batch, compute, jit),
             uris=uris,
             precision=policy,
-            runtimes={"classifier": f"tf-{policy}", "segmenter": f"tf-{policy}"},
+            runtimes={k: f"tf-{policy}{'-xla' if jit else ''}" for k in loaded},
         )
         _cache[key] = models
         return models
@@ -239,46 +195,106 @@ def _gt_metrics(
     )
 
 
-def triage_patient(
-    rows: pd.DataFrame, out_dir: Path, models: TriageModels, settings: TriageSettings
-) -> dict[str, Any]:
-    """Run the whole pipeline on one patient and move its outputs into `out_dir/<patient>/`.
+@dataclass
+class PatientWork:
+    """One patient between the stages of `triage_patient` (pixels: never leaves this process).
 
-    Returns:
-        The patient's `report.json` content: `slices` (`SliceRecord.to_dict()` each), `summary`
-        (`Findings`), `metrics` (`TruthMetrics`, with ground truth only), timings and settings.
+    Attributes:
+        ps: the loaded patient (`pipeline.io.load_patient`).
+        x: classifier input `(N, S, S, 3)` float32; None once the models are done with it.
+        xs: segmenter input of every slice, None when it is `x` (same preprocessing) or spent.
+        timings: seconds each stage took so far ("load", "classify", "segment", ...).
+        key: manifest key of this work; change: `NEW` or `CHANGED` (`start_patient`).
+        p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
+        prob: segmenter P(tumour) of the flagged slices at model size `(F, S, S, 1)`.
+    """
+
+    ps: Any
+    x: np.ndarray | None
+    xs: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    key: str = ""
+    change: str = NEW
+    p_normal: np.ndarray | None = None
+    flagged: np.ndarray | None = None
+    prob: np.ndarray | None = None
+
+
+def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSettings) -> PatientWork:
+    """Stage 1: read one patient's slices and preprocess them for both models (no model call).
 
     Raises:
-        ArchiveError, ValueError: unreadable or inconsistent input (nothing is written then).
+        ArchiveError, ValueError: unreadable or inconsistent input.
     """
     from pipeline.io import load_patient
-    from pipeline.preprocess import patient_inputs, restore_masks
+    from pipeline.preprocess import patient_inputs
 
-    t = {"start": time.perf_counter()}
-    clf, seg = models.classifier, models.segmenter
-    ps = load_patient(rows, clf.preprocess, settings.limits)
-    n, (h, w) = len(ps.slices), ps.native_hw
-    t["load"] = time.perf_counter()
-    x = patient_inputs(ps.images, clf.preprocess)
+    start = time.perf_counter()
+    clf, seg = models.classifier.preprocess, models.segmenter.preprocess
+    ps = load_patient(rows, clf, settings.limits)
+    x = patient_inputs(ps.images, clf)
+    xs = None if seg == clf else patient_inputs(ps.images, seg)
+    return PatientWork(ps, x, xs, {"load": time.perf_counter() - start})
+
+
+def predict_patient(
+    work: PatientWork, models: TriageModels, settings: TriageSettings
+) -> PatientWork:
+    """Stage 2, the models only: classify every slice, route, segment the flagged ones.
+
+    With `settings.tta` each flagged slice and its left-right mirror go through the segmenter in
+    one call (fewer part-filled batches than two calls) and their probabilities are averaged.
+    The model inputs are released afterwards.
+    """
+    start = time.perf_counter()
+    assert work.x is not None, "predict_patient needs read_patient's inputs"
     # The classifier's validation temperature (1 when none was fitted) gives calibrated P(tumour).
-    p_normal = gate_p_normal(models.classify(x)[:, 1], model_temperature(clf.info))
-    flagged = route_slices(p_normal, settings.threshold)
-    t["classify"] = time.perf_counter()
-    pred = np.zeros((n, h, w), dtype=bool)
-    if flagged.any():
-        same = seg.preprocess == clf.preprocess
-        xs = x[flagged] if same else patient_inputs(ps.images, seg.preprocess)[flagged]
-        prob = models.segment(xs)
+    temperature = model_temperature(models.classifier.info)
+    work.p_normal = gate_p_normal(models.classify(work.x)[:, 1], temperature)
+    work.flagged = route_slices(work.p_normal, settings.threshold)
+    mid = time.perf_counter()
+    if work.flagged.any():
+        xs = (work.x if work.xs is None else work.xs)[work.flagged]
         if settings.tta:  # mirror left-right (axis 2 = width), segment, mirror back, average
-            prob = (prob + models.segment(xs[:, :, ::-1])[:, :, ::-1]) / 2.0
-        masks = restore_masks(binarise(prob), (h, w))
-        pred[flagged] = remove_small_components(masks, settings.min_component)
-        scale = h * w / REFERENCE_PIXELS
-        pred = remove_isolated_3d(
-            pred, round(settings.lone_slice_area * scale), round(settings.min_volume * scale)
-        )
-    t["segment"] = time.perf_counter()
+            both = models.segment(np.concatenate([xs, xs[:, :, ::-1]]))
+            work.prob = (both[: len(xs)] + both[len(xs) :, :, ::-1]) / 2.0
+        else:
+            work.prob = models.segment(xs)
+    work.x = work.xs = None  # the writer needs the native images only
+    work.timings.update(classify=mid - start, segment=time.perf_counter() - mid)
+    return work
 
+
+def _postprocess(work: PatientWork, settings: TriageSettings) -> np.ndarray:
+    """The final `(N, H, W)` bool masks at native size from the segmenter's probabilities."""
+    from pipeline.preprocess import restore_masks
+
+    n, (h, w) = len(work.ps.slices), work.ps.native_hw
+    pred = np.zeros((n, h, w), dtype=bool)
+    if work.prob is None or work.flagged is None:
+        return pred
+    masks = restore_masks(binarise(work.prob), (h, w))
+    pred[work.flagged] = remove_small_components(masks, settings.min_component)
+    scale = h * w / REFERENCE_PIXELS
+    return remove_isolated_3d(
+        pred, round(settings.lone_slice_area * scale), round(settings.min_volume * scale)
+    )
+
+
+def write_patient(
+    work: PatientWork, out_dir: Path, models: TriageModels, settings: TriageSettings
+) -> dict[str, Any]:
+    """Stage 3: post-process, write masks, viewer and reports into a staging folder, move it in.
+
+    Returns:
+        The patient's `report.json` content (see `triage_patient`).
+    """
+    start = time.perf_counter()
+    ps, p_normal, flagged = work.ps, work.p_normal, work.flagged
+    assert p_normal is not None and flagged is not None, "write_patient needs predict_patient's"
+    pred = _postprocess(work, settings)
+    post = time.perf_counter()
+    n = len(ps.slices)
     gt_px = None if ps.masks is None else ps.masks.sum(axis=(1, 2))
     px = pred.sum(axis=(1, 2))
     recs = report.slice_records(ps.slices, p_normal, flagged, px, ps.spacing, gt_px)
@@ -313,15 +329,74 @@ def triage_patient(
     i = next(j for j, r in enumerate(recs) if r.slice == big) if big is not None else n // 2
     gt_i = None if ps.masks is None else ps.masks[i]
     (stage / viewer.THUMB_NAME).write_bytes(viewer.thumbnail(flair[i], pred[i], gt_i))
-    t["write"] = time.perf_counter()
-    steps = ["start", "load", "classify", "segment", "write"]
-    rep["timings_s"] = {b: round(t[b] - t[a], 4) for a, b in itertools.pairwise(steps)}
-    rep["timings_s"]["total"] = round(t["write"] - t["start"], 4)
+    timings = {**work.timings, "postprocess": post - start, "write": time.perf_counter() - post}
+    rep["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    rep["timings_s"]["total"] = round(sum(timings.values()), 4)  # work, not waiting in queues
     (stage / "report.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
     page = report.render_patient_html(rep, None, view)
     (stage / "report.html").write_text(page, encoding="utf-8")
     manifest.commit_dir(stage, out_dir / name)
     return rep
+
+
+def triage_patient(
+    rows: pd.DataFrame, out_dir: Path, models: TriageModels, settings: TriageSettings
+) -> dict[str, Any]:
+    """Run the whole pipeline on one patient and move its outputs into `out_dir/<patient>/`.
+
+    The three stages in turn: `read_patient`, `predict_patient`, `write_patient`
+    (`pipeline.worker` overlaps them across patients).
+
+    Returns:
+        The patient's `report.json` content: `slices` (`SliceRecord.to_dict()` each), `summary`
+        (`Findings`), `metrics` (`TruthMetrics`, with ground truth only), timings and settings.
+
+    Raises:
+        ArchiveError, ValueError: unreadable or inconsistent input (nothing is written then).
+    """
+    work = predict_patient(read_patient(rows, models, settings), models, settings)
+    return write_patient(work, out_dir, models, settings)
+
+
+def start_patient(
+    rows: pd.DataFrame,
+    out_dir: Path,
+    models: TriageModels,
+    settings: TriageSettings,
+    previous: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> PatientResult | PatientWork:
+    """The first stage of `process_patient`: the manifest key of this patient's work, then its
+    earlier result when it is already done (same inputs, models and settings), else its inputs.
+
+    Raises:
+        ArchiveError, ValueError, OSError: unreadable input.
+    """
+    patient = str(rows["patient"].iloc[0])
+    name = output_name(patient)
+    key = manifest.run_key(
+        manifest.files_digest(input_files(rows)), models.versions(), settings.key_part()
+    )
+    prev = {patient: previous} if previous else {}
+    if not force and manifest.is_done(prev, out_dir, patient, key, name):
+        rep = json.loads((out_dir / name / "report.json").read_text(encoding="utf-8"))
+        return PatientResult.from_report({"output": name, **rep}, SKIPPED, key)
+    work = read_patient(rows, models, settings)
+    work.key, work.change = key, CHANGED if previous else NEW
+    return work
+
+
+def finish_patient(
+    work: PatientWork, out_dir: Path, models: TriageModels, settings: TriageSettings
+) -> PatientResult:
+    """The last stage of `process_patient`: `write_patient`, as the patient's `DONE` result."""
+    rep = write_patient(work, out_dir, models, settings)
+    return PatientResult.from_report(rep, DONE, work.key, work.change)
+
+
+def failed_patient(patient: str, exc: Exception) -> PatientResult:
+    """The `FAILED` result of a patient whose work raised `exc` (a reason safe to show)."""
+    return PatientResult(patient, output_name(patient), FAILED, clean_reason(exc))
 
 
 def process_patient(
@@ -334,24 +409,18 @@ def process_patient(
 ) -> PatientResult:
     """Triage one patient unless it is already done with the same inputs, models and settings.
 
-    Never raises for bad input: a failure comes back as a `FAILED` result with its reason, so the
-    rest of the archive is processed.
+    `start_patient`, `predict_patient`, `finish_patient` in turn (`pipeline.worker.work_through`
+    runs the same stages overlapped across patients). Never raises for bad input: a failure
+    comes back as a `FAILED` result with its reason, so the rest of the archive is processed.
 
     Returns:
         Its `PatientResult`: `DONE` (with `change` `NEW` or `CHANGED`), `SKIPPED` (read back from
         the earlier run's `report.json`) or `FAILED`; `key` is the manifest key of its work.
     """
-    patient = str(rows["patient"].iloc[0])
-    name = output_name(patient)
     try:
-        key = manifest.run_key(
-            manifest.files_digest(input_files(rows)), models.versions(), settings.key_part()
-        )
-        prev = {patient: previous} if previous else {}
-        if not force and manifest.is_done(prev, out_dir, patient, key, name):
-            rep = json.loads((out_dir / name / "report.json").read_text(encoding="utf-8"))
-            return PatientResult.from_report({"output": name, **rep}, SKIPPED, key)
-        rep = triage_patient(rows, out_dir, models, settings)
-        return PatientResult.from_report(rep, DONE, key, CHANGED if previous else NEW)
+        work = start_patient(rows, out_dir, models, settings, previous, force)
+        if isinstance(work, PatientResult):
+            return work
+        return finish_patient(predict_patient(work, models, settings), out_dir, models, settings)
     except Exception as exc:  # one bad patient must not stop the archive
-        return PatientResult(patient, name, FAILED, clean_reason(exc))
+        return failed_patient(str(rows["patient"].iloc[0]), exc)

@@ -186,6 +186,31 @@ def files_digest(paths: Iterable[str | Path]) -> str:
     return h.hexdigest()
 
 
+_remembered: dict[tuple[Any, ...], str] = {}
+_remembered_lock = threading.Lock()
+
+
+def remembered_digest(paths: Iterable[str | Path], compute: Callable[[], str]) -> str:
+    """`compute()` once per unchanged set of files, then its remembered value.
+
+    Keyed on each file's resolved path, size, modification time (ns) and inode: a model file is
+    hashed once per process instead of once per patient, and a file rewritten or replaced in
+    place is hashed again. Meant for a few large files (models), not for patient inputs.
+    """
+    stamp = []
+    for p in paths:
+        st = os.stat(p)
+        stamp.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
+    key = tuple(stamp)
+    with _remembered_lock:
+        if key in _remembered:
+            return _remembered[key]
+    value = compute()
+    with _remembered_lock:
+        _remembered[key] = value
+    return value
+
+
 def run_key(input_hash: str, models: Mapping[str, str], settings: Mapping[str, Any]) -> str:
     """Key of one patient's work: its inputs, the model versions and the triage settings."""
     blob = json.dumps(

@@ -3,10 +3,11 @@
 Each item (a patient) goes through three stages: `load` (read and preprocess: files and CPU),
 `compute` (the model calls) and `write` (post-process, write, commit). `pipelined` runs `load` on
 a loader thread that stays at most `depth` items ahead, `compute` on the caller's own thread, and
-`write` on a writer thread at most `depth` items behind: while the model works on one patient the
-next ones are read and the previous ones written, so a worker's time approaches its model time,
-and no more than about `2 * depth + 3` patients' arrays are alive at once, however long the
-archive (each stage drops its reference to an item once the next stage has it).
+`write` on a writer thread at most one item behind: while the model works on one patient the next
+ones are read and the previous one written, so a worker's time approaches its model time. At most
+`depth + 4` items are alive at once (one being read, `depth` waiting, one in the model, one
+waiting to be written, one being written), however long the archive: each stage drops its
+reference to an item once the next stage has it.
 
 Results come out in input order. An exception in any stage of one item becomes that item's result
 through `fail(item, exc)`, and the other items go on. A stage may return `Finished(result)` to
@@ -14,7 +15,7 @@ skip the stages after it (a patient already done needs no model). Both threads a
 the generator finishes, also when the consumer stops early or `fail` itself raises. `depth=0`
 runs the same stages one item at a time in the caller's thread (no threads at all).
 
-Generic on purpose (no pixels, no TensorFlow): `pipeline.run` wires in the triage stages of
+Generic on purpose (no pixels, no TensorFlow): `pipeline.worker` wires in the triage stages of
 `pipeline.inference`.
 """
 
@@ -81,7 +82,8 @@ class _Pipe:
 
     def __init__(self, depth: int, watch: QueueWatch | None) -> None:
         self.loaded: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self.computed: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        # One behind: a slow disk holds the model back instead of piling up patients to write.
+        self.computed: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.results: queue.Queue[Any] = queue.Queue()  # small records only
         self.stop = threading.Event()
         self.watch = watch
@@ -152,7 +154,7 @@ def pipelined(
         compute: loaded value -> computed value (runs on the caller's thread).
         write: computed value -> result (runs on the writer thread).
         fail: (item, exception) -> the result of an item one of whose stages raised.
-        depth: most items waiting between two stages (each queue's `maxsize`); 0 = no threads.
+        depth: most items read and waiting for `compute`; 0 = no threads, one item at a time.
         watch: called after every put with the queue's name and size (tests, diagnostics).
 
     Yields:

@@ -3,8 +3,9 @@
 Input checks (`pipeline.preflight`), the models (checked before anything is written), the output
 lock, the index, the manifest, the per-patient work, run metrics, the reports and the MLflow run
 all happen here, in this order. Patients are handed to `map_fn`: the Prefect flow passes one that
-submits its task per patient (threads or Dask); tests and scripts use `serial_map`. Nothing here
-imports Prefect.
+submits a task per worker on its threads (or per patient on Dask); tests and scripts use
+`serial_map`, one worker in this process. A worker reads the next patients and writes the previous
+ones while its models run (`pipeline.worker`, `RunOptions.prefetch`). Nothing here imports Prefect.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import manifest
 from pipeline.inference import process_patient
@@ -26,6 +27,9 @@ from pipeline.report import DISCLAIMER, write_run_reports
 from pipeline.safety import display_text
 from pipeline.settings import RunOptions, TriageSettings
 from pipeline.triage import bypass_warning, resolve_threshold
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_RUN = 0, 1, 2
 DEFAULT_OPTIONS = RunOptions()
@@ -46,6 +50,21 @@ class PatientJob:
     previous: dict[str, Any] | None
     force: bool
     label: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        rows: pd.DataFrame,
+        out: str | Path,
+        uris: dict[str, str | None],
+        settings: TriageSettings,
+        previous: dict[str, Any] | None = None,
+        force: bool = False,
+        label: str = "",
+    ) -> PatientJob:
+        """A patient's job from its index rows (plain values only, so it pickles to Dask)."""
+        records = [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")]
+        return cls(records, str(out), dict(uris), dict(settings.__dict__), previous, force, label)
 
 
 @dataclass(frozen=True)
@@ -83,9 +102,11 @@ def run_patient_job(job: PatientJob) -> PatientResult:
 
 
 def serial_map(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
-    """Patients one after another in this process (no scheduler)."""
-    for job in jobs:
-        yield run_patient_job(job)
+    """Patients in order in this process, as one worker (`pipeline.worker.work_through`: the next
+    patients are read and the previous written while the models run; `prefetch=0`: in turn)."""
+    from pipeline.worker import work_through
+
+    yield from work_through(jobs)
 
 
 def _log_patient(
@@ -155,14 +176,22 @@ def run_triage(
     began = time.time()  # the MLflow run spans the work, models and index included
     out_dir = check_run_paths(archive, out)
     models = load_triage_runtime(
-        o.classifier, o.segmenter, o.batch, o.precision, o.runtime, o.ov_precision, o.threshold
+        o.classifier,
+        o.segmenter,
+        o.batch,
+        o.precision,
+        o.runtime,
+        o.ov_precision,
+        o.threshold,
+        o.xla,
     )  # before the lock: an incompatible model leaves no trace
     for note in models.notes:  # why a model did not run on OpenVINO
         log.warning("%s", note)
     threshold, source = resolve_threshold(o.threshold, models.classifier.info)
     settings = TriageSettings(
         threshold, o.min_component, o.batch, o.precision, runtime=o.runtime,
-        ov_precision=o.ov_precision, limits=o.limits, **o.postprocess,
+        ov_precision=o.ov_precision, limits=o.limits, prefetch=o.prefetch, xla=o.xla,
+        **o.postprocess,
     )  # fmt: skip
     log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
     with manifest.output_lock(out_dir):
@@ -172,17 +201,12 @@ def run_triage(
         start = time.perf_counter()  # slices/s: patients' work, not model loading or indexing
         groups = list(index.table.groupby("patient", sort=True))
         log.info("triaging %d patients, %d slices", len(groups), len(index.table))
+        uris = {"classifier": o.classifier, "segmenter": o.segmenter}
+        names = [display_text(str(p)) if o.log_patient_ids else str(i) for i, (p, _) in
+                 enumerate(groups, start=1)]  # fmt: skip
         jobs = [
-            PatientJob(
-                [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")],
-                str(out_dir),
-                {"classifier": o.classifier, "segmenter": o.segmenter},
-                dict(settings.__dict__),
-                previous.get(str(patient)),
-                o.force,
-                display_text(str(patient)) if o.log_patient_ids else str(i),
-            )
-            for i, (patient, rows) in enumerate(groups, start=1)
+            PatientJob.of(rows, out_dir, uris, settings, previous.get(str(p)), o.force, name)
+            for (p, rows), name in zip(groups, names, strict=True)
         ]
         labels = {job.rows[0]["patient"]: job.label for job in jobs}
         records: list[PatientResult] = []

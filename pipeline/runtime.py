@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.calibration import gate_p_normal, model_temperature
+from pipeline.manifest import remembered_digest
 from pipeline.preprocess import PreprocessConfig
 from pipeline.settings import OV_PRECISION_CHOICES, OV_PRECISIONS, RUNTIMES, TriageSettings
 from pipeline.triage import resolve_threshold, route_slices
@@ -183,13 +184,18 @@ def model_digest(uri: str) -> tuple[str, str]:
         path = Path(uri)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        h = hashlib.sha256()
-        for part in (path, path.with_suffix(".json")):
-            if part.is_file():
+        parts = [p for p in (path, path.with_suffix(".json")) if p.is_file()]
+
+        def sha256() -> str:
+            h = hashlib.sha256()
+            for part in parts:
                 with part.open("rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)
-        return path.name, h.hexdigest()
+            return h.hexdigest()
+
+        # Once per unchanged file, not once per patient (hashing a 300 MB model takes ~0.5 s).
+        return path.name, remembered_digest(parts, sha256)
     from pipeline.tracking import model_reference
 
     version, mlmodel = model_reference(uri)
@@ -402,6 +408,7 @@ def load_triage_runtime(
     runtime: str = TriageSettings.runtime,
     ov_precision: str = TriageSettings.ov_precision,
     threshold: float | None = None,
+    xla: str = TriageSettings.xla,
 ) -> Any:
     """Load the two triage models on the chosen runtime (cached per process).
 
@@ -413,6 +420,7 @@ def load_triage_runtime(
         ov_precision: "f32", "bf16", "int8" or "auto" (fastest verified).
         threshold: the triage threshold the classifier's parity is judged at (None: its logged
             operating point, as `pipeline.triage.resolve_threshold` resolves a run's threshold).
+        xla: XLA for models that run on TF: "auto" (on a GPU only), "on" or "off".
 
     Returns:
         `pipeline.inference.TriageModels`; `runtimes` says what each model runs on and
@@ -421,7 +429,7 @@ def load_triage_runtime(
     from pipeline.inference import load_triage_models
 
     if resolve_runtime(runtime) == "tf":
-        return load_triage_models(classifier, segmenter, batch, precision)
+        return load_triage_models(classifier, segmenter, batch, precision, xla)
     from pipeline.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER
 
     uris = {
@@ -431,10 +439,10 @@ def load_triage_runtime(
     # Keyed on each model's digest (a local file's bytes, a registry version resolved now), so a
     # model replaced in place or a moved alias is never served stale by a long-lived worker.
     digests = tuple(model_digest(uri)[1] for uri in uris.values())
-    key = ("ov", *uris.values(), *digests, int(batch), precision, ov_precision, threshold)
+    key = ("ov", *uris.values(), *digests, int(batch), precision, ov_precision, xla, threshold)
     with _cache_lock:
         if key not in _cache:
-            models = _load_openvino(uris, batch, precision, ov_precision, threshold)
+            models = _load_openvino(uris, batch, precision, ov_precision, threshold, xla)
             _cache[key] = models
             # The run's tasks ask again with the resolved threshold: same models, no recompile.
             resolved = resolve_threshold(threshold, models.classifier.info)[0]
@@ -458,7 +466,12 @@ def _same_version_as_tf(choice: OvChoice, uri: str) -> OvChoice:
 
 
 def _load_openvino(
-    uris: dict[str, str], batch: int, precision: str, ov_precision: str, threshold: float | None
+    uris: dict[str, str],
+    batch: int,
+    precision: str,
+    ov_precision: str,
+    threshold: float | None,
+    xla: str = TriageSettings.xla,
 ) -> Any:
     from pipeline.inference import TriageModels, load_triage_models
 
@@ -474,7 +487,7 @@ def _load_openvino(
     tf_models = None
     compute = threading.Lock()
     if notes:  # a model without a usable export runs on TF (this imports TensorFlow)
-        tf_models = load_triage_models(uris["classifier"], uris["segmenter"], batch, precision)
+        tf_models = load_triage_models(uris["classifier"], uris["segmenter"], batch, precision, xla)
         compute = tf_models.classify._compute  # still one model call at a time per process
     parts: dict[str, tuple[Any, Any, str]] = {}
     for kind, choice in choices.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from models.precision import XLA_CHOICES
 from pipeline.postprocess import DEFAULT_LONE_SLICE_AREA, DEFAULT_MIN_COMPONENT, DEFAULT_MIN_VOLUME
 from pipeline.quality import DEFAULT_LIMITS, Limits
 from pipeline.triage import DEFAULT_THRESHOLD, check_threshold
@@ -51,6 +52,10 @@ class TriageSettings:
             the model exists, else TensorFlow (`pipeline.runtime.load_triage_runtime`).
         ov_precision: OpenVINO precision, one of `OV_PRECISION_CHOICES` ("auto": fastest verified).
         limits: input size limits (`pipeline.quality.Limits`), checked from headers on load.
+        prefetch: patients a worker reads ahead of its models (and at most as many waiting to be
+            written behind them), `pipeline.worker`; 0 = each patient start to finish in turn.
+        xla: compile the TF models with XLA, one of `XLA_CHOICES`; "auto" = on a GPU only (with
+            `precision="auto"` a GPU also gets `mixed_float16`: `models.precision.inference_plan`).
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -64,9 +69,15 @@ class TriageSettings:
     runtime: str = "auto"
     ov_precision: str = "auto"
     limits: Limits = DEFAULT_LIMITS
+    prefetch: int = 2
+    xla: str = "auto"
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.xla not in XLA_CHOICES:
+            raise ValueError(f"xla must be one of {XLA_CHOICES}, got {self.xla!r}")
         if self.batch < 1 or self.min_component < 0 or self.montage_max < 0:
             raise ValueError("batch must be >= 1, min_component and montage_max >= 0")
         if self.precision not in PRECISIONS:
@@ -83,7 +94,7 @@ class TriageSettings:
 
         return load_triage_runtime(
             classifier, segmenter, self.batch, self.precision, self.runtime,
-            self.ov_precision, self.threshold,
+            self.ov_precision, self.threshold, self.xla,
         )  # fmt: skip
 
     def key_part(self) -> dict[str, Any]:
@@ -106,8 +117,8 @@ class RunOptions:
         threshold: P(normal) at or above which a slice is normal; None = the classifier's logged
             operating point (`pipeline.triage.resolve_threshold`).
         force: redo patients the manifest says are done.
-        min_component, batch, precision, runtime, ov_precision, limits: see `TriageSettings`
-            (same defaults).
+        min_component, batch, precision, runtime, ov_precision, limits, prefetch, xla: see
+            `TriageSettings` (same defaults).
         track: log one MLflow run (aggregate params and metrics).
         log_outputs: also upload the patient-keyed reports and masks to that run.
         series_pattern: DICOM FLAIR series rule (`build_index`).
@@ -134,3 +145,5 @@ class RunOptions:
     postprocess: dict[str, Any] = field(default_factory=dict)
     log_outputs: bool = False
     log_patient_ids: bool = False
+    prefetch: int = TriageSettings.prefetch
+    xla: str = TriageSettings.xla

@@ -27,7 +27,8 @@ def test_the_command_line_flow_and_settings_share_their_defaults(tmp_path: Path)
     for command in ("triage", "serve"):
         args = build_parser().parse_args([command, str(tmp_path), "--out", str(tmp_path / "o")])
         kwargs = _flow_kwargs(args)
-        for name in ("min_component", "batch", "precision", "runtime", "ov_precision"):
+        for name in ("min_component", "batch", "precision", "runtime", "ov_precision", "prefetch",
+                     "xla"):  # fmt: skip
             assert getattr(args, name) == getattr(d, name), (command, name)
             assert kwargs[name] == getattr(d, name), (command, name)
         assert not kwargs["log_patient_ids"] and not kwargs["log_outputs"]
