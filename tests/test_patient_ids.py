@@ -53,9 +53,11 @@ def test_the_command_line_passes_the_opt_in(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize("opt_in", [False, True])
+@pytest.mark.parametrize(
+    "opt_in, prefetch", [(False, RunOptions.prefetch), (False, 0), (True, 0)]
+)  # prefetch 0: a task per patient (as on Dask); else a task per worker
 def test_prefect_holds_no_patient_key_unless_asked(
-    setup: dict[str, str], tmp_path: Path, opt_in: bool
+    setup: dict[str, str], tmp_path: Path, opt_in: bool, prefetch: int
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -70,7 +72,7 @@ def test_prefect_holds_no_patient_key_unless_asked(
 
     state = triage_flow(
         setup["archive"], str(tmp_path / "out"), setup["clf"], setup["seg"], 0.5, track=False,
-        log_patient_ids=opt_in, return_state=True,
+        log_patient_ids=opt_in, prefetch=prefetch, return_state=True,
     )  # fmt: skip
     run_id = state.state_details.flow_run_id
     APILogWorker.drain_all(timeout=30)  # the run's log records are in Prefect's database now
@@ -79,13 +81,16 @@ def test_prefect_holds_no_patient_key_unless_asked(
         this_run = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         tasks = client.read_task_runs(flow_run_filter=this_run)
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    names = sorted(t.name for t in tasks if t.name.startswith("triage-patient"))
+    names = sorted(t.name for t in tasks if t.name.startswith("triage-"))
     messages = "\n".join(log.message for log in logs)
     stored = "\n".join([*(t.name for t in tasks), messages, str(flow_run.parameters)])
-    assert len(names) == 2 and "triaging 2 patients" in messages
+    assert "triaging 2 patients" in messages
     if opt_in:
         assert names == [f"triage-patient-{KEY}_0001", f"triage-patient-{KEY}_0002"]
         assert f"patient {KEY}_0001: done" in messages
     else:
-        assert names == ["triage-patient-1", "triage-patient-2"]
         assert "patient 1/2: done" in messages and KEY not in stored
+        if prefetch == 0:
+            assert names == ["triage-patient-1", "triage-patient-2"]
+        else:
+            assert names and all(n.startswith("triage-worker-") for n in names)
