@@ -156,17 +156,20 @@ def test_presets_and_precedence() -> None:
     cpu = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", weights="none")
     assert (cpu.image_size, cpu.lr, cpu.input_mode, cpu.schedule) == (
         64,
-        1e-3,
+        5e-4,
         "flair25d",
         "cosine",
     )
+    assert (cpu.pretrain_epochs, cpu.pretrain_lr) == (8, 1e-3)  # the encoder learns the masks first
     assert cpu.preprocess.normalize == "volume" and cpu.preset == "cpu"
     mine = TrainConfig.create(
-        "classifier", "x", "resnet50", preset="cpu", weights="none", image_size=96, lr=5e-4
+        "classifier", "x", "resnet50", preset="cpu", weights="none", image_size=96, lr=2e-4
     )
-    assert (mine.image_size, mine.lr, mine.epochs) == (96, 5e-4, 20)  # explicit beats preset
+    assert (mine.image_size, mine.lr, mine.epochs) == (96, 2e-4, 16)  # explicit beats preset
+    off = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", pretrain_epochs=0)
+    assert off.pretrain_epochs == 0  # an explicit 0 turns the preset's pre-training off
     pre = preset_values("cpu", "classifier", pretrained=True)
-    assert pre["lr"] == 1e-4  # from ImageNet: a fine-tuning rate
+    assert pre["lr"] == 1e-4 and "pretrain_epochs" not in pre  # from ImageNet: fine-tuning only
     paper = TrainConfig.create("segmenter", "x", "resunet", preset="paper")
     assert (paper.image_size, paper.lr, paper.input_mode) == (256, 1e-5, "rgb")
     seg = TrainConfig.create("segmenter", "x", "resunet", preset="cpu")
