@@ -1,10 +1,10 @@
 """The triage flow: screen every slice of an archive, segment the flagged ones, report per patient.
 
 Decorators over `pipeline.run.run_triage`, which owns the run (checks, lock, index, manifest,
-reports, MLflow): the flow hands it a `map_fn` that submits, on its threads, one task per worker,
-each going through its share of the patients with the next ones read and the previous ones written
-while its models run (`pipeline.worker`), or on Dask (`--dask-address`) or with `prefetch=0`, one
-task per patient. Small records in and out, never pixel arrays. The CLI handlers and the nightly
+reports, MLflow): the flow hands it a `map_fn` that submits, on its threads, one worker task that
+goes through the patients with the next ones read and the previous one written while the models run
+(`pipeline.worker`), or on Dask (`--dask-address`) or with `prefetch=0`, one task per patient. Small
+records in and out, never pixel arrays. The CLI handlers and the nightly
 deployment live here too.
 """
 
@@ -38,7 +38,7 @@ from pipeline.run import (
 )
 from pipeline.run_summary import worklist_markdown
 from pipeline.settings import WORKERS, TriageSettings
-from pipeline.worker import lanes, work_through
+from pipeline.worker import work_through
 
 
 @task(
@@ -53,11 +53,11 @@ def triage_patient_task(job: PatientJob) -> PatientResult:
     return run_patient_job(job)
 
 
-@task(name="triage-worker", task_run_name="triage-worker-{worker}", cache_policy=NO_CACHE)
-def triage_worker_task(jobs: list[PatientJob], worker: int, sink: queue.Queue[Any]) -> int:
-    """One worker's share of the patients (`pipeline.worker.work_through`: reading ahead and
-    writing behind its models); each result goes onto `sink` as soon as it is written (a queue of
-    this process: thread runner only). Returns the number of patients."""
+@task(name="triage-worker", task_run_name="triage-worker", cache_policy=NO_CACHE)
+def triage_worker_task(jobs: list[PatientJob], sink: queue.Queue[Any]) -> int:
+    """The run's patients through one worker (`pipeline.worker.work_through`: reading ahead of its
+    models and writing behind them); each result goes onto `sink` as soon as it is written (a
+    queue of this process: thread runner only). Returns the number of patients."""
     done = 0
     for result in work_through(jobs):
         sink.put(result)
@@ -68,31 +68,26 @@ def triage_worker_task(jobs: list[PatientJob], worker: int, sink: queue.Queue[An
 _WORKER_DONE = object()
 
 
-def _by_worker(jobs: Sequence[PatientJob], workers: int) -> Iterator[PatientResult]:
-    """A task per worker on the flow's threads; each patient's result as soon as it is written."""
+def _through_one_worker(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
+    """One worker task on the flow's threads; each patient's result as soon as it is written."""
     sink: queue.Queue[Any] = queue.Queue()
-    futures = []
-    for i, share in enumerate(lanes(jobs, workers), start=1):
-        futures.append(triage_worker_task.submit(share, i, sink))
-        futures[-1].add_done_callback(lambda _: sink.put(_WORKER_DONE))  # after its last result
-    finished = 0
-    while finished < len(futures):
-        got = sink.get()
-        if got is _WORKER_DONE:
-            finished += 1
-        else:
-            yield got
-    for future in futures:
-        future.result()  # a worker's own crash (not a patient's failure) fails the run here
+    future = triage_worker_task.submit(list(jobs), sink)
+    future.add_done_callback(lambda _: sink.put(_WORKER_DONE))  # after its last result
+    while (got := sink.get()) is not _WORKER_DONE:
+        yield got
+    future.result()  # the worker's own crash (not a patient's failure) fails the run here
 
 
-def _submit_each(jobs: Sequence[PatientJob], workers: int = WORKERS) -> Iterator[PatientResult]:
-    """`run_triage`'s `map_fn`: results as they finish. On the flow's threads a task per worker
-    (`_by_worker`); on Dask, or with `prefetch=0`, a task per patient."""
+def _submit_each(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
+    """`run_triage`'s `map_fn`: results as they finish. On the flow's threads, one worker task
+    that reads ahead and writes behind its models (`RunOptions.prefetch`; one is enough: a process
+    runs one model call at a time, and a second worker measured 1.03x the peak memory of 70
+    patients over 10 against 1.005x); on Dask, or with `prefetch=0`, a task per patient, as many
+    at once as the runner has workers."""
     context = FlowRunContext.get()
     threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
     if jobs and threads and TriageSettings(**jobs[0].settings).prefetch > 0:
-        yield from _by_worker(jobs, workers)
+        yield from _through_one_worker(jobs)
         return
     futures = [triage_patient_task.submit(job) for job in jobs]
     for future in as_completed(futures):
@@ -124,12 +119,10 @@ def triage_flow(
     log_patient_ids: bool = False,
     prefetch: int = RunOptions.prefetch,
     xla: str = RunOptions.xla,
-    workers: int = WORKERS,
 ) -> dict[str, Any]:
-    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`, a task per worker).
+    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`; `_submit_each`).
 
-    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults, and `workers`:
-    how many workers share the patients on the flow's threads (`_submit_each`).
+    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults.
 
     Returns:
         `RunResult.as_dict()`: `{"exit_code", "metrics", "out", "summary_csv", "index_html",
@@ -140,11 +133,7 @@ def triage_flow(
         ov_precision, series_pattern, key_map, limits, dict(postprocess or {}), log_outputs,
         log_patient_ids, prefetch, xla,
     )  # fmt: skip
-
-    def map_fn(jobs: Sequence[PatientJob]) -> Iterator[PatientResult]:
-        return _submit_each(jobs, workers)
-
-    result = run_triage(archive, out, options, map_fn, get_run_logger(), log_mlflow_run)
+    result = run_triage(archive, out, options, _submit_each, get_run_logger(), log_mlflow_run)
     publish_summary(result)
     return result.as_dict()
 
@@ -205,7 +194,6 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "log_patient_ids": bool(getattr(args, "log_patient_ids", d.log_patient_ids)),
         "prefetch": getattr(args, "prefetch", d.prefetch),
         "xla": getattr(args, "xla", d.xla),
-        "workers": getattr(args, "workers", WORKERS),
         "postprocess": {
             k: getattr(args, k)
             for k in ("lone_slice_area", "min_volume", "tta")

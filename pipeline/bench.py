@@ -2,14 +2,14 @@
 
 On the same slices in one process: (1) the whole per-patient pipeline (manifest key, read,
 preprocess, classify, route, segment, post-process, write masks and reports) through the run's own
-per-worker code, `workers` workers as the flow runs them, each reading `prefetch` patients ahead
-and writing behind its models (`pipeline.worker`; model calls serialised); (2) the models alone:
-the same model stage (`pipeline.inference.predict_patient`, the mirror included) on the same
-inputs, read beforehand; (3) a per-slice `model.predict` loop as the public notebooks write it,
-timed on a subset and extrapolated to the same model work. Also the segmenter calls the
-gate saved, and memory (RSS after each patient and its peak, sampled every 10 ms) to show it does
-not grow with the number of patients. `tracemalloc` is not used: it slows every allocation and would
-bill its own cost to the pipeline. Figures are printed, never asserted.
+per-worker code as the flow's threads run it: one worker reading `prefetch` patients ahead of its
+models and writing behind them (`pipeline.worker`), or with `prefetch=0` `workers` patients at
+once; (2) the models alone: the same model stage (`pipeline.inference.predict_patient`, the mirror
+included) on the same inputs, read beforehand; (3) a per-slice `model.predict` loop as the public
+notebooks write it, timed on a subset and extrapolated to the same model work. Also the segmenter
+calls the gate saved, and memory (RSS after each patient and its peak, sampled every 10 ms) to show
+it does not grow with the number of patients. `tracemalloc` is not used: it slows every allocation
+and would bill its own cost to the pipeline. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ def _warm_up(models: Any, first: Any, batch: int) -> None:
         models.segment(np.resize(xs, (b, *xs.shape[1:])))
 
 
-def _end_to_end(jobs: list[Any], workers: int) -> dict[str, Any]:
-    """The run's own per-worker code (`pipeline.worker`) on `workers` threads, as the flow's
-    default runner runs it: its results, seconds, RSS after each patient and peak RSS."""
+def _end_to_end(jobs: list[Any], workers: int, prefetch: int) -> dict[str, Any]:
+    """The run's own per-worker code (`pipeline.worker`) as the flow's threads run it: one worker
+    reading ahead and writing behind (`prefetch` > 0), or `workers` patients at once each start to
+    finish (`prefetch=0`). Its results, seconds, RSS after each patient and peak RSS."""
     from pipeline.worker import lanes, work_through
 
     results: list[Any] = []
@@ -93,7 +94,7 @@ def _end_to_end(jobs: list[Any], workers: int) -> dict[str, Any]:
                 results.append(result)
                 rss.append(_rss_mb())
 
-    shares = lanes(jobs, workers)
+    shares = lanes(jobs, workers if prefetch == 0 else 1)
     peak = _PeakRss()
     with peak, ThreadPoolExecutor(len(shares)) as pool:
         start = time.perf_counter()
@@ -141,8 +142,8 @@ def bench_triage(
 
     `threshold` None = the classifier's operating point. `runtime` / `ov_precision` choose the
     models' runtime (`pipeline.runtime`); the per-slice loop is TF's `model.predict` (skipped
-    with `loop_slices=0`, or when a model is not on TF). `prefetch` and `xla` as a triage run's;
-    `patients` = only the first N patients (None: all).
+    with `loop_slices=0`, or when a model is not on TF). `prefetch` and `xla` as a triage run's
+    (`workers`: patients at once with `prefetch=0`); `patients` = only the first N (None: all).
 
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
@@ -174,7 +175,7 @@ def bench_triage(
     models.classify.seconds = models.segment.seconds = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [PatientJob.of(rows, tmp, uris, settings, force=True) for rows in groups]
-        e2e = _end_to_end(jobs, workers)
+        e2e = _end_to_end(jobs, workers, prefetch)
     inside = models.classify.seconds + models.segment.seconds
     done = [r for r in e2e["results"] if r.findings is not None]
     flagged = sum(len(r.findings.flagged_slices) for r in done)

@@ -223,7 +223,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--precision", default=s.TriageSettings.precision, choices=s.PRECISIONS)
     t.add_argument("--loop-slices", type=int, default=64, help="slices in the per-slice loop")
     t.add_argument(
-        "--workers", type=int, default=s.WORKERS, help="patients at once, as in the flow"
+        "--workers",
+        type=int,
+        default=s.WORKERS,
+        help="with --prefetch 0: patients at once, as the flow's threads run them",
     )
     runtimes = [r for r in s.RUNTIMES if r != "auto"]
     t.add_argument("--runtimes", nargs="+", default=runtimes, choices=runtimes)
@@ -407,7 +410,13 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo patients already done")
     p.add_argument("--dask-address", help="tcp://host:port of a Dask scheduler, or 'local'")
     _add_triage_options(p)
-    p.add_argument("--workers", type=int, default=WORKERS, help="patients processed at once")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS,
+        help="Dask workers; on threads, patients at once with --prefetch 0 (otherwise one worker "
+        "reads ahead of the models and writes behind them)",
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     p.add_argument(
         "--log-outputs",
@@ -493,8 +502,9 @@ def _add_speed_options(p: argparse.ArgumentParser, d: RunOptions) -> None:
         type=int,
         default=d.prefetch,
         metavar="N",
-        help="patients each worker reads ahead of its models (and at most N more waiting to be "
-        "written behind them); 0 = each patient start to finish in turn (default %(default)s)",
+        help="patients read ahead of the models while the previous one is written behind them "
+        "(at most N + 4 in memory); 0 = --workers patients at once, each start to finish "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--xla",

@@ -1,10 +1,11 @@
 """Batched inference and the per-patient triage pipeline.
 
-One patient at a time: read its slices → preprocess with each model's own logged config → classify
-in batches through a compiled `tf.function` → route (`pipeline.triage`) → segment the flagged slices
-in batches → post-process at native size → write masks and reports into a staging folder that is
-moved into place in one rename. Nothing here knows about Prefect; the flow only calls
-`process_patient`, and the benchmark calls the same code.
+One patient in three stages: `read_patient` (read its slices, preprocess with each model's own
+logged config) → `predict_patient` (the models only: classify in batches through a compiled
+`tf.function`, route with `pipeline.triage`, segment the flagged slices) → `write_patient`
+(post-process at native size, write masks and reports into a staging folder that is moved into place
+in one rename). `pipeline.worker` overlaps the stages of consecutive patients; `process_patient`
+runs them in turn. Nothing here knows about Prefect; the flow and the benchmark run these stages.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Input checks (`pipeline.preflight`), the models (checked before anything is written), the output
 lock, the index, the manifest, the per-patient work, run metrics, the reports and the MLflow run
 all happen here, in this order. Patients are handed to `map_fn`: the Prefect flow passes one that
-submits a task per worker on its threads (or per patient on Dask); tests and scripts use
+submits one worker task on its threads (or a task per patient on Dask); tests and scripts use
 `serial_map`, one worker in this process. A worker reads the next patients and writes the previous
 ones while its models run (`pipeline.worker`, `RunOptions.prefetch`). Nothing here imports Prefect.
 """

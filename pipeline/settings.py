@@ -52,8 +52,9 @@ class TriageSettings:
             the model exists, else TensorFlow (`pipeline.runtime.load_triage_runtime`).
         ov_precision: OpenVINO precision, one of `OV_PRECISION_CHOICES` ("auto": fastest verified).
         limits: input size limits (`pipeline.quality.Limits`), checked from headers on load.
-        prefetch: patients a worker reads ahead of its models (and at most as many waiting to be
-            written behind them), `pipeline.worker`; 0 = each patient start to finish in turn.
+        prefetch: patients a worker reads ahead of its models, while it writes the previous one
+            behind them (`pipeline.worker`; at most prefetch + 4 patients in memory); 0 = each
+            patient start to finish in turn.
         xla: compile the TF models with XLA, one of `XLA_CHOICES`; "auto" = on a GPU only (with
             `precision="auto"` a GPU also gets `mixed_float16`: `models.precision.inference_plan`).
     """
@@ -69,7 +70,7 @@ class TriageSettings:
     runtime: str = "auto"
     ov_precision: str = "auto"
     limits: Limits = DEFAULT_LIMITS
-    prefetch: int = 2
+    prefetch: int = 1
     xla: str = "auto"
 
     def __post_init__(self) -> None:

@@ -3,18 +3,22 @@
 `work_through(jobs)` runs `pipeline.inference`'s three patient stages on `pipeline.prefetch`'s
 bounded pipeline: while the models work on one patient, a loader thread reads the next ones (their
 manifest key, slices and preprocessing, at most `TriageSettings.prefetch` of them waiting) and a
-writer thread post-processes and writes the previous ones. Its results are the `PatientResult`s
+writer thread post-processes and writes the previous one, then hands freed memory back to the
+system (`release_freed_memory`). Its results are the `PatientResult`s
 that `process_patient` gives for each job in turn, in the same order; `prefetch=0` is exactly
 that, in the caller's thread. A patient whose reading, models or writing fails comes back as its
 own `FAILED` result and the others go on.
 
-`lanes(jobs, n)` deals a run's jobs to `n` such workers (the Prefect flow's threads); the models
-are shared (one model call at a time per process, `pipeline.predictor.BatchPredictor`).
+`lanes(jobs, n)` deals a run's jobs to `n` workers (`bench triage` runs `workers` patients at
+once that way with `prefetch=0`); workers share the models (one model call at a time per process,
+`pipeline.predictor.BatchPredictor`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,24 @@ def lanes(jobs: Sequence[PatientJob], n: int) -> list[list[PatientJob]]:
     if n < 1:
         raise ValueError(f"need at least one worker, got {n}")
     return [list(jobs[i::n]) for i in range(min(n, len(jobs)))]
+
+
+_trim: list[Callable[[int], int] | None] = []
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a finished patient freed back to the system (glibc's `malloc_trim`).
+
+    glibc keeps freed blocks in per-thread arenas: a patient's arrays are allocated on the loader
+    thread and freed on the writer, and the arenas' high-water marks crept up with every larger
+    patient (peak RSS of 70 synthetic patients 1.03-1.08x that of the first 10; 1.005x with this
+    after each patient). A no-op where the C library has no `malloc_trim`.
+    """
+    if not _trim:
+        name = ctypes.util.find_library("c")
+        _trim.append(getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None)
+    if _trim[0] is not None:
+        _trim[0](0)
 
 
 def _shared(jobs: Sequence[PatientJob]) -> tuple[Path, dict[str, str | None], TriageSettings]:
@@ -69,6 +91,11 @@ def work_through(jobs: Sequence[PatientJob], watch: QueueWatch | None = None) ->
         started = inf.start_patient(rows, out, models, settings, job.previous, job.force)
         return started if isinstance(started, inf.PatientWork) else Finished(started)
 
+    def write(work: inf.PatientWork) -> PatientResult:
+        result = inf.finish_patient(work, out, models, settings)
+        release_freed_memory()  # what the patients before this one freed
+        return result
+
     def fail(job: PatientJob, exc: Exception) -> PatientResult:
         return inf.failed_patient(str(job.rows[0]["patient"]), exc)
 
@@ -76,7 +103,7 @@ def work_through(jobs: Sequence[PatientJob], watch: QueueWatch | None = None) ->
         jobs,
         load,
         lambda work: inf.predict_patient(work, models, settings),
-        lambda work: inf.finish_patient(work, out, models, settings),
+        write,
         fail,
         settings.prefetch,
         watch,

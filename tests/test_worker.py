@@ -138,7 +138,7 @@ def _task_names(state) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_flow_runs_a_task_per_worker_and_per_patient_without_prefetch(
+def test_the_flow_runs_one_worker_task_and_a_task_per_patient_without_prefetch(
     archive: Path, uris: dict, tmp_path: Path
 ) -> None:
     from flows.triage import triage_flow
@@ -147,12 +147,11 @@ def test_the_flow_runs_a_task_per_worker_and_per_patient_without_prefetch(
     for prefetch in (2, 0):
         state = triage_flow(
             str(archive), str(tmp_path / f"out{prefetch}"), uris["classifier"], uris["segmenter"],
-            threshold=0.99, track=False, runtime="tf", prefetch=prefetch, workers=2,
-            return_state=True,
+            threshold=0.99, track=False, runtime="tf", prefetch=prefetch, return_state=True,
         )  # fmt: skip
         result = state.result()
         assert result["exit_code"] == 0 and result["metrics"]["patients_done"] == 5
         names[prefetch] = [n for n in _task_names(state) if n.startswith("triage-")]
-    assert names[2] == ["triage-worker-1", "triage-worker-2"]
+    assert names[2] == ["triage-worker"]
     assert names[0] == [f"triage-patient-{i}" for i in range(1, 6)]
     assert _outputs(tmp_path / "out2") == _outputs(tmp_path / "out0")
