@@ -148,7 +148,8 @@ def bench_triage(
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
         `ratio_end_to_end_to_model`, `per_slice_loop_s` (extrapolated) and `loop_slices_timed`,
-        `speedup_vs_per_slice_loop`, `segmenter_calls_saved`, `rss_mb_after_patient` (list),
+        `speedup_vs_per_slice_loop`, `segmenter_calls_saved`, `segmenter_inputs` (flagged slices,
+        twice with the mirror), `rss_mb_after_patient` (list),
         `rss_peak_mb` (sampled), `model_s_in_end_to_end` (model time inside the end-to-end run),
         `model_s_classify` / `model_s_segment`, `failures`, `runtimes`, `parity`, `notes`,
         versions and settings.
@@ -183,12 +184,14 @@ def bench_triage(
     seconds = e2e["seconds"]
     loop = {"per_slice_loop_s": None, "loop_slices_timed": 0, "speedup_vs_per_slice_loop": None}
     on_tf = models.classifier.model is not None and models.segmenter.model is not None
-    if loop_slices > 0 and on_tf:  # the same segmenter work: the mirror too with `tta`
-        loop = per_slice_loop(models, loop_x, n, flagged * (2 if settings.tta else 1), seconds)
+    segmented = flagged * (2 if settings.tta else 1)  # segmenter inputs: the mirror too
+    if loop_slices > 0 and on_tf:  # the same model work as triage
+        loop = per_slice_loop(models, loop_x, n, segmented, seconds)
     return {
         "patients": len(groups),
         "slices": n,
         "flagged": flagged,
+        "segmenter_inputs": segmented,
         "failures": len(e2e["results"]) - len(done),
         "segmenter_calls_saved": n - flagged,
         "end_to_end_s": seconds,

@@ -170,7 +170,8 @@ def config_table(
     if "error" in r:
         return f"### {name}\n\nfailed: {' / '.join(r['error'])}"
     gf = base.get("gflops_per_slice") or {}
-    work = r["slices"] * gf.get("classifier", 0.0) + r["flagged"] * gf.get("segmenter", 0.0)
+    segmented = r.get("segmenter_inputs", r["flagged"])  # the mirror counts: it is model work
+    work = r["slices"] * gf.get("classifier", 0.0) + segmented * gf.get("segmenter", 0.0)
     rate = work / r["model_s"] if work else None
     rss = r["rss_mb_after_patient"]
     per_patient = (rss[-1] - rss[0]) / (len(rss) - 1) if len(rss) > 1 else 0.0
