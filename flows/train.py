@@ -1,7 +1,7 @@
 """Training flows: index and split the archive, then train, evaluate, log and register one model.
 
-Thin Prefect layer over `pipeline.training`: a small planning task (index + patient split) and one
-training task that owns the MLflow run from start to end in its own thread.
+Thin Prefect layer over `pipeline.learn.training`: a small planning task (index + patient split) and
+one training task that owns the MLflow run from start to end in its own thread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from models.classifier import WeightsUnavailableError
-from pipeline.training import (
+from pipeline.learn.training import (
     DataPlan,
     TrainConfig,
     TrainingDataError,

@@ -1,10 +1,10 @@
 """The triage flow: screen every slice of an archive, segment the flagged ones, report per patient.
 
-Decorators over `pipeline.run.run_triage`, which owns the run (checks, lock, index, manifest,
+Decorators over `pipeline.triage.run.run_triage`, which owns the run (checks, lock, index, manifest,
 reports, MLflow): the flow hands it a `map_fn` that submits, on its threads, one worker task that
 goes through the patients with the next ones read and the previous one written while the models run
-(`pipeline.worker`), or on Dask (`--dask-address`) or with `prefetch=0`, one task per patient. Small
-records in and out, never pixel arrays. The CLI handlers and the nightly
+(`pipeline.triage.worker`), or on Dask (`--dask-address`) or with `prefetch=0`, one task per
+patient. Small records in and out, never pixel arrays. The CLI handlers and the nightly
 deployment live here too.
 """
 
@@ -23,11 +23,11 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import manifest
-from pipeline.preflight import check_dask_address, check_run_paths
-from pipeline.quality import DEFAULT_LIMITS, Limits
-from pipeline.records import PatientResult, RunSummary
-from pipeline.run import (
+from pipeline.io import manifest
+from pipeline.io.quality import DEFAULT_LIMITS, Limits
+from pipeline.triage.preflight import check_dask_address, check_run_paths
+from pipeline.triage.records import PatientResult, RunSummary
+from pipeline.triage.run import (
     EXIT_CANNOT_RUN,
     EXIT_OK,
     PatientJob,
@@ -36,9 +36,9 @@ from pipeline.run import (
     run_patient_job,
     run_triage,
 )
-from pipeline.run_summary import worklist_markdown
-from pipeline.settings import WORKERS, TriageSettings
-from pipeline.worker import work_through
+from pipeline.triage.run_summary import worklist_markdown
+from pipeline.triage.settings import WORKERS, TriageSettings
+from pipeline.triage.worker import work_through
 
 
 @task(
@@ -48,15 +48,15 @@ from pipeline.worker import work_through
     retries=0,
 )
 def triage_patient_task(job: PatientJob) -> PatientResult:
-    """One patient (`pipeline.run.run_patient_job`); the task run is named by `job.label`: the
-    patient's position in the run, its key only with `log_patient_ids`."""
+    """One patient (`pipeline.triage.run.run_patient_job`); the task run is named by `job.label`:
+    the patient's position in the run, its key only with `log_patient_ids`."""
     return run_patient_job(job)
 
 
 @task(name="triage-worker", task_run_name="triage-worker", cache_policy=NO_CACHE)
 def triage_worker_task(jobs: list[PatientJob], sink: queue.Queue[Any]) -> int:
-    """The run's patients through one worker (`pipeline.worker.work_through`: reading ahead of its
-    models and writing behind them); each result goes onto `sink` as soon as it is written (a
+    """The run's patients through one worker (`pipeline.triage.worker.work_through`: reading ahead
+    of its models and writing behind them); each result goes onto `sink` as soon as it is written (a
     queue of this process: thread runner only). Returns the number of patients."""
     done = 0
     for result in work_through(jobs):
@@ -120,9 +120,10 @@ def triage_flow(
     prefetch: int = RunOptions.prefetch,
     xla: str = RunOptions.xla,
 ) -> dict[str, Any]:
-    """Triage every patient of `archive` into `out` (`pipeline.run.run_triage`; `_submit_each`).
+    """Triage every patient of `archive` into `out` (`pipeline.triage.run.run_triage`;
+    `_submit_each`).
 
-    The parameters are `pipeline.settings.RunOptions`' fields, with its defaults.
+    The parameters are `pipeline.triage.settings.RunOptions`' fields, with its defaults.
 
     Returns:
         `RunResult.as_dict()`: `{"exit_code", "metrics", "out", "summary_csv", "index_html",
@@ -173,7 +174,7 @@ def make_task_runner(
 
 
 def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.index import limits_of
+    from pipeline.io.index import limits_of
 
     d = RunOptions()  # an option the command does not have keeps the run's default
     return {
@@ -204,8 +205,8 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli_triage(args: argparse.Namespace) -> int:
     """`mri-triage triage ARCHIVE --out DIR`: 0 all done, 1 some patient failed, 2 cannot run."""
-    from pipeline.errors import ArchiveError
-    from pipeline.runtime import load_triage_runtime
+    from pipeline.io.errors import ArchiveError
+    from pipeline.triage.runtime import load_triage_runtime
 
     try:
         check_run_paths(args.archive, args.out)  # one line, before Prefect starts anything

@@ -58,7 +58,7 @@ def inference_policy() -> str:
 
 
 #: `--xla`: "auto" = on with a GPU, off on a CPU. (Keras is imported only where it is used, so
-#: `pipeline.settings` can read these choices cheaply.)
+#: `pipeline.triage.settings` can read these choices cheaply.)
 XLA_CHOICES = ("auto", "on", "off")
 
 

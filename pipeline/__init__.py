@@ -1,6 +1,9 @@
-"""mri-triage core library.
+"""mri-triage core library, in layers that only import downward.
 
-Archive I/O, preprocessing, datasets, triage, metrics, reports and tracking.
+`io` (archives in, outputs out) → `tracking` (the one door to MLflow) → `triage` (the rule,
+calibration, metrics, runtimes, inference, runs, reports) → `learn` (datasets, training,
+cross-validation) → `cli` (the `mri-triage` command). `flows/` sits between `learn` and `cli`.
+See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

@@ -46,7 +46,7 @@ CONFIG_ARTIFACT = "model_config.json"
 def repo_root() -> Path | None:
     """The source checkout holding this file, or None when running from an installed package."""
     root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli.py").is_file():
+    if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli" / "main.py").is_file():
         return root
     return None
 
@@ -415,7 +415,7 @@ class LoadedModel:
     """A model ready for inference with what is needed to preprocess its input."""
 
     model: Any  # keras.Model
-    preprocess: Any  # pipeline.preprocess.PreprocessConfig
+    preprocess: Any  # pipeline.io.preprocess.PreprocessConfig
     kind: str  # "classifier" | "segmenter"
     version: str  # "mri-triage-classifier/3", "runs:/<id>/model" or the file name
     info: dict[str, Any] = field(default_factory=dict)
@@ -436,7 +436,7 @@ def _register_custom_objects() -> None:
 
 
 def _build_loaded(model: Any, config: Mapping[str, Any], version: str) -> LoadedModel:
-    from pipeline.preprocess import PreprocessConfig
+    from pipeline.io.preprocess import PreprocessConfig
 
     config = dict(config)
     kind = str(config.pop("kind", "") or _guess_kind(model))

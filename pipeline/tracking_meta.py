@@ -56,7 +56,7 @@ def dataset_profile(plan: Any) -> dict[str, Any]:
 def log_training_data(run_id: str, plan: Any, archive: str) -> None:
     """Log the training archive as the active run's MLflow dataset input (context "training").
 
-    A metadata-only dataset: its digest is the archive fingerprint (`pipeline.index.fingerprint`,
+    A metadata-only dataset: its digest is the archive fingerprint (`pipeline.io.index.fingerprint`,
     the first 36 characters MLflow keeps), its profile the split sizes and counts; the patient
     table itself is never logged. Call inside `tracking.start_run` (same thread).
     """
@@ -64,7 +64,7 @@ def log_training_data(run_id: str, plan: Any, archive: str) -> None:
     from mlflow.data.meta_dataset import MetaDataset
 
     import mlflow
-    from pipeline.safety import display_text
+    from pipeline.io.safety import display_text
 
     active = mlflow.active_run()
     if active is None or active.info.run_id != run_id:

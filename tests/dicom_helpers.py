@@ -10,8 +10,8 @@ import numpy as np
 from nibabel import orientations as ornt
 from pydicom.uid import generate_uid
 
-from pipeline.synthetic import make_phantom
-from pipeline.synthetic_dicom import _rotation_x, stored_grid, write_dicom_series
+from pipeline.io.synthetic import make_phantom
+from pipeline.io.synthetic_dicom import _rotation_x, stored_grid, write_dicom_series
 
 SALT = "test-salt"
 #: Fake identities written into test headers; none may appear in any output.

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import tifffile
 
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.synthetic import write_synthetic_archive
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import EXAMPLES, _normalise_archive, build_parser, main
+from pipeline.cli.main import EXAMPLES, _normalise_archive, build_parser, main
 
 
 def _parsers(
@@ -63,7 +63,7 @@ def test_a_typo_suggests_the_nearest_command(capsys: pytest.CaptureFixture[str])
 
 def _triage(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     code = (
-        "import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from pipeline.cli.main import main; rc = main(sys.argv[1:]); "
         "heavy = [m for m in ('prefect', 'tensorflow', 'mlflow') if m in sys.modules]; "
         "print('loaded:', heavy); sys.exit(rc)"
     )
@@ -97,7 +97,7 @@ class _Tty(io.StringIO):
 
 
 def test_progress_on_a_terminal_only() -> None:
-    from pipeline.progress import Progress, progress_line
+    from pipeline.triage.progress import Progress, progress_line
 
     tty, log = _Tty(), io.StringIO()
     for stream in (tty, log):
@@ -112,7 +112,7 @@ def test_progress_on_a_terminal_only() -> None:
 
 def test_native_noise_is_kept_off_the_terminal() -> None:
     code = (
-        "import os; from pipeline.quiet import native_stderr_silenced\n"
+        "import os; from pipeline.cli.quiet import native_stderr_silenced\n"
         "with native_stderr_silenced(): os.write(2, b'cuInit noise')\n"
         "os.write(2, b'after')"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> dict:

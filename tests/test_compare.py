@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import compare, tracking
-from pipeline.cli import main
+from pipeline import tracking
+from pipeline.cli import compare
+from pipeline.cli.main import main
 
 
 def _run(run_id: str, model: str, stage: str, metrics: dict[str, float]) -> dict[str, object]:

@@ -10,7 +10,7 @@ import triage_helpers as th
 from prefect_dask import DaskTaskRunner
 
 from flows.triage import make_task_runner, triage_flow
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.synthetic import write_synthetic_archive
 
 
 def test_runner_choice() -> None:

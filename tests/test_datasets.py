@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.datasets import SliceArrays, class_weights, load_slices, make_dataset, split_hash
-from pipeline.preprocess import PreprocessConfig
-from pipeline.synthetic import write_synthetic_archive
-from pipeline.training import TrainConfig, TrainingDataError, plan_data
+from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.learn.datasets import (
+    SliceArrays,
+    class_weights,
+    load_slices,
+    make_dataset,
+    split_hash,
+)
+from pipeline.learn.training import TrainConfig, TrainingDataError, plan_data
 
 
 @pytest.fixture(scope="module")

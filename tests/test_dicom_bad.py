@@ -13,9 +13,9 @@ from dicom_helpers import SALT, grid, header, phantom, write_series
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from pipeline.dicom_select import pseudonym
-from pipeline.index import build_index
-from pipeline.synthetic_dicom import write_dicom_series
+from pipeline.io.dicom_select import pseudonym
+from pipeline.io.index import build_index
+from pipeline.io.synthetic_dicom import write_dicom_series
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +184,7 @@ def test_series_pattern_picks_and_reports(tmp_path: Path):
 def test_cli_index_series_pattern_and_json_errors(tmp_path: Path, capsys: pytest.CaptureFixture):
     import json
 
-    from pipeline import cli
+    from pipeline.cli import main as cli
 
     root, files, bad_key = _archive(tmp_path)
     _no_flair(files)

@@ -17,9 +17,9 @@ import pytest
 import triage_helpers as th
 from dicom_helpers import SALT, grid, phantom, write_series
 
-from pipeline.index import build_index
-from pipeline.io import load_patient
-from pipeline.synthetic_dicom import write_synthetic_dicom_archive
+from pipeline.io.index import build_index
+from pipeline.io.slices import load_patient
+from pipeline.io.synthetic_dicom import write_synthetic_dicom_archive
 
 
 @pytest.fixture(autouse=True)

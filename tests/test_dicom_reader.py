@@ -20,13 +20,13 @@ from dicom_helpers import (
 )
 from pydicom.data import get_testdata_file
 
-from pipeline.dicom import check_series, looks_like_dicom, read_volume, scan_series
-from pipeline.dicom_case import index_dicom, load_dicom_case
-from pipeline.dicom_select import pseudonym, select_flair
-from pipeline.errors import ArchiveError
-from pipeline.index import build_index
-from pipeline.io import load_patient
-from pipeline.nifti import load_nifti_case
+from pipeline.io.dicom import check_series, looks_like_dicom, read_volume, scan_series
+from pipeline.io.dicom_case import index_dicom, load_dicom_case
+from pipeline.io.dicom_select import pseudonym, select_flair
+from pipeline.io.errors import ArchiveError
+from pipeline.io.index import build_index
+from pipeline.io.nifti import load_nifti_case
+from pipeline.io.slices import load_patient
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +118,7 @@ def test_pseudonym_is_stable_salted_and_never_the_uid(monkeypatch: pytest.Monkey
     key = pseudonym(uid, b"a")
     assert key == pseudonym(uid, b"a") and key != pseudonym(uid, b"b")
     assert uid not in key and key.startswith("DCM-") and len(key) == 20
-    from pipeline.dicom_select import load_salt
+    from pipeline.io.dicom_select import load_salt
 
     monkeypatch.delenv("MRI_TRIAGE_SALT")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))

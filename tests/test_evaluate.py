@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from pipeline import tracking
-from pipeline.cli import main
-from pipeline.evaluate import EXPERIMENT, STATISTICS
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.cli.main import main
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.learn.evaluate import EXPERIMENT, STATISTICS
 
 pytestmark = pytest.mark.slow
 PATIENT_KEY = re.compile(r"SYN_\d{4}")

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import metrics
-from pipeline.calibration import apply_temperature, fit_temperature
-from pipeline.postprocess import remove_isolated_3d
-from pipeline.recipes import PRESETS, preset_values
-from pipeline.splits import assign_folds, fold_splits, tumour_patient_set
-from pipeline.triage import DEFAULT_THRESHOLD, bypass_warning, resolve_threshold
+from pipeline.io.splits import assign_folds, fold_splits, tumour_patient_set
+from pipeline.learn.recipes import PRESETS, preset_values
+from pipeline.triage import metrics
+from pipeline.triage.calibration import apply_temperature, fit_temperature
+from pipeline.triage.postprocess import remove_isolated_3d
+from pipeline.triage.rule import DEFAULT_THRESHOLD, bypass_warning, resolve_threshold
 
 
 def _table(n_patients: int, seed: int = 0) -> pd.DataFrame:
@@ -150,7 +150,7 @@ def test_hd95_and_bootstrap() -> None:
 
 
 def test_presets_and_precedence() -> None:
-    from pipeline.training import TrainConfig
+    from pipeline.learn.training import TrainConfig
 
     assert set(PRESETS) == {"paper", "cpu", "gpu"}
     cpu = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", weights="none")

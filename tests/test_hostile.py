@@ -19,8 +19,8 @@ import triage_helpers as th
 from hostile_corpus import Case, build_corpus, snapshot
 
 from flows.triage import triage_flow
-from pipeline.manifest import INDEX_NAME, LOCK_NAME, MANIFEST_NAME, RUN_FILES, SUMMARY_NAME
-from pipeline.safety import csv_cell, display_text, output_name
+from pipeline.io.manifest import INDEX_NAME, LOCK_NAME, MANIFEST_NAME, RUN_FILES, SUMMARY_NAME
+from pipeline.io.safety import csv_cell, display_text, output_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -23,12 +23,12 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ArchiveError
-from pipeline.index import build_index
-from pipeline.io import load_patient
-from pipeline.manifest import RUN_FILES
-from pipeline.nifti import load_nifti_case
-from pipeline.safety import clean_reason, csv_cell, display_text, output_name
+from pipeline.io.errors import ArchiveError
+from pipeline.io.index import build_index
+from pipeline.io.manifest import RUN_FILES
+from pipeline.io.nifti import load_nifti_case
+from pipeline.io.safety import clean_reason, csv_cell, display_text, output_name
+from pipeline.io.slices import load_patient
 
 MEMORY_LIMIT = 1536 * 2**20  # address space of the child: far below what any bomb declares
 
@@ -106,10 +106,10 @@ def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path
     code = textwrap.dedent(
         f"""
         import resource, sys
-        from pipeline.errors import ArchiveError
-        from pipeline.index import build_index
-        from pipeline.io import read_tif
-        from pipeline.nifti import load_nifti_case
+        from pipeline.io.errors import ArchiveError
+        from pipeline.io.index import build_index
+        from pipeline.io.slices import read_tif
+        from pipeline.io.nifti import load_nifti_case
         index = build_index({str(archive)!r})
         print("patients", sorted(index.table["patient"].unique()))
         for e in index.errors:
@@ -162,10 +162,10 @@ def test_a_run_over_size_bombs_fails_each_with_its_reason_under_a_memory_limit(
         import json, resource, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import triage_helpers as th
-        from pipeline.index import build_index
-        from pipeline.io import load_patient
-        from pipeline.quality import Limits
-        from pipeline.run import RunOptions, run_triage, serial_map
+        from pipeline.io.index import build_index
+        from pipeline.io.slices import load_patient
+        from pipeline.io.quality import Limits
+        from pipeline.triage.run import RunOptions, run_triage, serial_map
         clf = th.save(th.bright_classifier(), {str(tmp_path / "c.keras")!r}, "classifier")
         seg = th.save(th.bright_segmenter(), {str(tmp_path / "s.keras")!r}, "segmenter")
         options = RunOptions(clf, seg, threshold=0.5, track=False, runtime="tf")

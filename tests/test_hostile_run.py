@@ -18,11 +18,11 @@ import triage_helpers as th
 from hostile_corpus import snapshot
 
 from flows.triage import triage_flow
-from pipeline import cli
-from pipeline.manifest import MANIFEST_NAME, load_manifest
-from pipeline.preflight import check_run_paths
-from pipeline.safety import UnsafeOutputError
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.cli import main as cli
+from pipeline.io.manifest import MANIFEST_NAME, load_manifest
+from pipeline.io.safety import UnsafeOutputError
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.preflight import check_run_paths
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

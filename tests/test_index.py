@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pipeline.index import (
+from pipeline.io.index import (
     COLUMNS,
     build_index,
     check_no_leakage,
@@ -21,8 +21,8 @@ from pipeline.index import (
     index_summary,
     split_patients,
 )
-from pipeline.io import load_patient
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.slices import load_patient
+from pipeline.io.synthetic import write_synthetic_archive
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.index import build_index
-from pipeline.io import ArchiveError, load_nifti_case, load_patient, read_tif, write_tif_mask
-from pipeline.nifti import sequence_role, write_nifti_mask
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.index import build_index
+from pipeline.io.nifti import sequence_role, write_nifti_mask
+from pipeline.io.slices import ArchiveError, load_nifti_case, load_patient, read_tif, write_tif_mask
+from pipeline.io.synthetic import write_synthetic_archive
 
 KAGGLE_PATIENT = "TCGA_CS_4941_19960909"  # 23 slices, 8 with tumour (PROVENANCE.md)
 

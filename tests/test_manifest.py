@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import (
+from pipeline.io.manifest import (
     LOCK_NAME,
     MANIFEST_NAME,
     OutputLockedError,
@@ -44,7 +44,7 @@ def test_lock_blocks_another_process(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from pipeline.manifest import output_lock, OutputLockedError
+        from pipeline.io.manifest import output_lock, OutputLockedError
         try:
             with output_lock(Path({str(tmp_path)!r})):
                 sys.exit(0)

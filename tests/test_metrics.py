@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from pipeline import metrics
+from pipeline.triage import metrics
 
 
 def test_classification_metrics_hand_case() -> None:

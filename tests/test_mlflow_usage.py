@@ -14,9 +14,9 @@ import triage_helpers as th
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking, tracking_meta
-from pipeline.preprocess import PreprocessConfig
-from pipeline.synthetic import write_synthetic_archive
-from pipeline.training import plan_data
+from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.learn.training import plan_data
 
 
 def test_experiments_are_described_and_in_model_training_mode(mlflow_uri: str) -> None:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from models import build_resunet
-from pipeline.preprocess import PreprocessConfig
+from pipeline.io.preprocess import PreprocessConfig
 from pipeline.tracking import load_model, save_local_model
 
 

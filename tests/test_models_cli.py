@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.precision import choose_policy, cpu_flags, policy_scope
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 
 def test_models_json_reports_every_architecture(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import triage_helpers as th
 
-from pipeline.cli import build_parser
-from pipeline.run import RunOptions, run_triage, serial_map
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.cli.main import build_parser
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.run import RunOptions, run_triage, serial_map
 
 KEY = "ZELDA"  # patient keys ZELDA_0001, ZELDA_0002: nothing else in a run spells it
 

@@ -8,7 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.postprocess import postprocess, remove_small_components, threshold_probabilities
+from pipeline.triage.postprocess import (
+    postprocess,
+    remove_small_components,
+    threshold_probabilities,
+)
 
 
 def test_threshold_at_half_inclusive() -> None:

@@ -1,4 +1,5 @@
-"""`pipeline.predictor.BatchPredictor`: bucketed batch shapes, XLA and its fallback, GPU plan."""
+"""`pipeline.triage.predictor.BatchPredictor`: bucketed batch shapes, XLA and its fallback, GPU
+plan."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 import triage_helpers as th
 
 from models.precision import inference_plan, rebuild_with_policy
-from pipeline.predictor import BatchPredictor, batch_buckets, bucket_for
+from pipeline.triage.predictor import BatchPredictor, batch_buckets, bucket_for
 
 
 @pytest.mark.parametrize(
@@ -99,7 +100,7 @@ def test_xla_failure_falls_back_with_a_clear_message(caplog: pytest.LogCaptureFi
     seen: list[int] = []
     predict = BatchPredictor(_recording_model(seen), batch=4, jit=True)
     x = np.random.default_rng(1).random((6, 8, 8, 3), dtype=np.float32)
-    with caplog.at_level(logging.WARNING, logger="pipeline.predictor"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.triage.predictor"):
         np.testing.assert_array_equal(predict(x), x)
     assert "XLA could not compile recording" in caplog.text and "without XLA" in caplog.text
     assert predict.xla is False and seen == [4, 2]  # the failed XLA attempt never ran the op
@@ -107,10 +108,10 @@ def test_xla_failure_falls_back_with_a_clear_message(caplog: pytest.LogCaptureFi
 
 def _flair_slices(tmp_path: Path) -> np.ndarray:
     """Preprocessed slices of a synthetic archive, as triage feeds the models."""
-    from pipeline.index import build_index
-    from pipeline.io import load_patient
-    from pipeline.preprocess import PreprocessConfig, patient_inputs
-    from pipeline.synthetic import write_synthetic_archive
+    from pipeline.io.index import build_index
+    from pipeline.io.preprocess import PreprocessConfig, patient_inputs
+    from pipeline.io.slices import load_patient
+    from pipeline.io.synthetic import write_synthetic_archive
 
     archive = write_synthetic_archive(tmp_path / "a", 3, "kaggle", seed=4, slices=16, image_size=64)
     pre = PreprocessConfig(image_size=th.SIZE)
@@ -148,10 +149,10 @@ def test_the_gpu_settings_reach_both_models_of_a_triage_run(tmp_path: Path) -> N
     Dice 0.99 of the float32 path without XLA."""
     import tifffile
 
-    from pipeline.index import build_index
-    from pipeline.inference import load_triage_models, triage_patient
-    from pipeline.settings import TriageSettings
-    from pipeline.synthetic import write_synthetic_archive
+    from pipeline.io.index import build_index
+    from pipeline.io.synthetic import write_synthetic_archive
+    from pipeline.triage.inference import load_triage_models, triage_patient
+    from pipeline.triage.settings import TriageSettings
 
     archive = write_synthetic_archive(tmp_path / "a", 1, "kaggle", seed=4, slices=12, image_size=64)
     rows = build_index(archive).table

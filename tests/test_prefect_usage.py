@@ -9,8 +9,8 @@ import pytest
 import triage_helpers as th
 
 from flows.triage import build_deployment, triage_flow
-from pipeline.cli import build_parser
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.cli.main import build_parser
+from pipeline.io.synthetic import write_synthetic_archive
 
 
 def test_deployment_has_time_zone_and_one_run_at_a_time(tmp_path: Path) -> None:

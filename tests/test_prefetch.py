@@ -1,4 +1,5 @@
-"""`pipeline.prefetch.pipelined`: order, per-item failures, bounded queues, threads joined."""
+"""`pipeline.triage.prefetch.pipelined`: order, per-item failures, bounded queues, threads
+joined."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.prefetch import Finished, pipelined
+from pipeline.triage.prefetch import Finished, pipelined
 
 
 def _prefetch_threads() -> list[threading.Thread]:

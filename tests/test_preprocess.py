@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.preprocess import (
+from pipeline.io.preprocess import (
     PreprocessConfig,
     assemble_channels,
     normalize_intensity,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.recipes import preset_values
-from pipeline.training import TrainConfig
+from pipeline.learn.recipes import preset_values
+from pipeline.learn.training import TrainConfig
 
 
 @pytest.mark.parametrize(("backbone", "size"), [("vgg16", 32), ("resnet50", 64)])

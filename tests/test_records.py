@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import triage_helpers as th
 
-from pipeline.manifest import MANIFEST_NAME, output_hashes
-from pipeline.outcomes import merge_index_errors
-from pipeline.records import (
+from pipeline.io.manifest import MANIFEST_NAME, output_hashes
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.outcomes import merge_index_errors
+from pipeline.triage.records import (
     DONE,
     FAILED,
     NEW,
@@ -26,9 +27,8 @@ from pipeline.records import (
     SliceRecord,
     TruthMetrics,
 )
-from pipeline.report import SUMMARY_COLUMNS, summary_csv, worklist_js
-from pipeline.run import RunOptions, run_triage, serial_map
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.triage.report import SUMMARY_COLUMNS, summary_csv, worklist_js
+from pipeline.triage.run import RunOptions, run_triage, serial_map
 
 #: A patient's report.json as the previous version wrote it (commit 30e9313, synthetic SYN_0001).
 LEGACY_REPORT = {

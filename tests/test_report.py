@@ -10,8 +10,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from pipeline.records import FAILED, Findings, PatientResult
-from pipeline.report import (
+from pipeline.triage.records import FAILED, Findings, PatientResult
+from pipeline.triage.report import (
     DISCLAIMER,
     overlay_montage,
     patient_summary,

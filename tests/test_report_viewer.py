@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import triage_helpers as th
 
-from pipeline.records import PatientResult, SliceRecord
-from pipeline.report import render_index_html, render_patient_html
-from pipeline.run import RunOptions, run_triage, serial_map
-from pipeline.synthetic import write_synthetic_archive
-from pipeline.viewer import outline_polygons, review_lists, viewer_data
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.records import PatientResult, SliceRecord
+from pipeline.triage.report import render_index_html, render_patient_html
+from pipeline.triage.run import RunOptions, run_triage, serial_map
+from pipeline.triage.viewer import outline_polygons, review_lists, viewer_data
 
 HOSTILE = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
 

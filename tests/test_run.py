@@ -1,4 +1,4 @@
-"""`pipeline.run.run_triage` without Prefect: the same run, patients one after another."""
+"""`pipeline.triage.run.run_triage` without Prefect: the same run, patients one after another."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import triage_helpers as th
 
-from pipeline.run import RunOptions, run_triage, serial_map
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.run import RunOptions, run_triage, serial_map
 
 
 def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
@@ -19,7 +19,7 @@ def test_run_triage_serially_without_prefect(tmp_path: Path, caplog) -> None:
     clf = th.save(th.bright_classifier(), tmp_path / "c.keras", "classifier")
     seg = th.save(th.bright_segmenter(), tmp_path / "s.keras", "segmenter")
     options = RunOptions(clf, seg, threshold=0.99, track=False)
-    with caplog.at_level(logging.INFO, logger="pipeline.run"):
+    with caplog.at_level(logging.INFO, logger="pipeline.triage.run"):
         result = run_triage(archive, tmp_path / "out", options, serial_map)
     assert result.exit_code == 1 and result.summary.patients_done == 2  # 1: the stray file
     assert result.summary.files_skipped == 1 and result.threshold_source == "--threshold"
@@ -44,8 +44,8 @@ def test_a_moved_champion_is_never_served_from_the_cache(
     import numpy as np
 
     from pipeline import tracking
-    from pipeline.preprocess import PreprocessConfig
-    from pipeline.runtime import load_triage_runtime
+    from pipeline.io.preprocess import PreprocessConfig
+    from pipeline.triage.runtime import load_triage_runtime
 
     pre = PreprocessConfig(image_size=th.SIZE)
     for cut in (0.8, 0.7):  # two registered classifier versions

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import triage_helpers as th
 
-from pipeline import runtime
-from pipeline.preprocess import PreprocessConfig
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage import runtime
 
 pytest.importorskip("openvino", reason="the mri-triage[openvino] extra is not installed")
 
-from pipeline.ov_export import SliceSets, convert_keras, export_model, sample_slices
+from pipeline.triage.ov_export import SliceSets, convert_keras, export_model, sample_slices
 
 
 @pytest.fixture(autouse=True)
@@ -250,9 +250,9 @@ def test_openvino_triage_never_imports_tensorflow(
     code = f"""
 import json, sys
 from pathlib import Path
-from pipeline.index import build_index
-from pipeline.inference import TriageSettings, triage_patient
-from pipeline.runtime import load_triage_runtime
+from pipeline.io.index import build_index
+from pipeline.triage.inference import TriageSettings, triage_patient
+from pipeline.triage.runtime import load_triage_runtime
 s = TriageSettings(batch=8, runtime="openvino", ov_precision="f32")
 m = s.load_models({tiny["clf"]!r}, {tiny["seg"]!r})
 rows = next(iter(build_index({str(archive)!r}).table.groupby("patient")))[1]
@@ -271,7 +271,7 @@ print(json.dumps({{"tf": mods, "runtimes": m.runtimes, "slices": len(rep["slices
 def test_bench_runs_on_openvino_without_a_tf_loop(
     tiny: dict[str, str], slices: SliceSets, archive: Path
 ) -> None:
-    from pipeline.bench import bench_triage
+    from pipeline.cli.bench import bench_triage
 
     for uri in tiny.values():
         export_model(uri, slices, ("f32",), batch=8)

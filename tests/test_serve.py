@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.triage import build_deployment
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 
 
 def test_serve_builds_nightly_cron_deployment(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Defaults in one place (`pipeline.settings`), and a library that stays in its layer: importing it
-changes no environment and no MLflow setting, and never imports the Prefect flows."""
+"""Defaults in one place (`pipeline.triage.settings`), and a library that stays in its layer:
+importing it changes no environment and no MLflow setting, and never imports the Prefect flows."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from flows.triage import _flow_kwargs, triage_flow
-from pipeline.cli import build_parser
-from pipeline.index import limits_of
-from pipeline.quality import DEFAULT_LIMITS
-from pipeline.settings import RunOptions, TriageSettings
+from pipeline.cli.main import build_parser
+from pipeline.io.index import limits_of
+from pipeline.io.quality import DEFAULT_LIMITS
+from pipeline.triage.settings import RunOptions, TriageSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_importing_every_library_module_changes_no_environment_and_imports_no_fl
     """
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "DO_NOT_TRACK")}
     out = _child(code, env)
-    assert "pipeline.cli" in out["modules"] and "pipeline.run" in out["modules"]
+    assert "pipeline.cli" in out["modules"] and "pipeline.triage.run" in out["modules"]
     assert out["changed"] == [] and out["flows"] == []
 
 
@@ -83,7 +83,7 @@ def test_reading_the_registry_leaves_the_callers_mlflow_settings_alone(
     import triage_helpers as th
 
     from pipeline import tracking
-    from pipeline.preprocess import PreprocessConfig
+    from pipeline.io.preprocess import PreprocessConfig
 
     with tracking.start_run("mri-triage-classifier", "only") as run_id:
         pre = PreprocessConfig(image_size=th.SIZE)

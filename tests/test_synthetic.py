@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.index import build_index
-from pipeline.io import load_patient
-from pipeline.synthetic import make_phantom, write_synthetic_archive
+from pipeline.io.index import build_index
+from pipeline.io.slices import load_patient
+from pipeline.io.synthetic import make_phantom, write_synthetic_archive
 
 
 def _slices(root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline import tracking
-from pipeline.preprocess import PreprocessConfig
+from pipeline.io.preprocess import PreprocessConfig
 
 
 def _tiny(kind: str, size: int = 8) -> keras.Model:

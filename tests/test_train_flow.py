@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline import compare, tracking
-from pipeline.cli import main
-from pipeline.synthetic import write_synthetic_archive
+from pipeline import tracking
+from pipeline.cli import compare
+from pipeline.cli.main import main
+from pipeline.io.synthetic import write_synthetic_archive
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2

@@ -15,9 +15,9 @@ import tifffile
 import triage_helpers as th
 
 from flows.triage import triage_flow
-from pipeline import cli
-from pipeline.manifest import MANIFEST_NAME, load_manifest, output_lock
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.cli import main as cli
+from pipeline.io.manifest import MANIFEST_NAME, load_manifest, output_lock
+from pipeline.io.synthetic import write_synthetic_archive
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -135,8 +135,8 @@ def test_corrupt_patients_mid_archive(kaggle: Path, models: dict, tmp_path: Path
 
 
 def test_unreadable_at_load_time_is_a_failed_record(kaggle: Path, models: dict, tmp_path: Path):
-    from pipeline.index import build_index
-    from pipeline.inference import TriageSettings, load_triage_models, process_patient
+    from pipeline.io.index import build_index
+    from pipeline.triage.inference import TriageSettings, load_triage_models, process_patient
 
     archive = tmp_path / "arch"
     shutil.copytree(kaggle, archive)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.triage import (
+from pipeline.triage.rule import (
     ROUTE_NORMAL,
     ROUTE_SEGMENTED,
     final_labels,

@@ -10,8 +10,8 @@ import pytest
 import triage_helpers as th
 
 from flows.triage import triage_flow
-from pipeline.preprocess import PreprocessConfig
-from pipeline.synthetic import write_synthetic_archive
+from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.synthetic import write_synthetic_archive
 from pipeline.tracking import save_local_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -1,5 +1,6 @@
-"""`pipeline.worker.work_through`: reading ahead and writing behind the models changes nothing but
-speed (same results, order and files as one patient at a time), and a bad patient fails alone."""
+"""`pipeline.triage.worker.work_through`: reading ahead and writing behind the models changes
+nothing but speed (same results, order and files as one patient at a time), and a bad patient fails
+alone."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 import pytest
 import triage_helpers as th
 
-from pipeline.inference import process_patient
-from pipeline.records import DONE, FAILED
-from pipeline.run import PatientJob
-from pipeline.settings import TriageSettings
-from pipeline.synthetic import write_synthetic_archive
-from pipeline.worker import lanes, work_through
+from pipeline.io.synthetic import write_synthetic_archive
+from pipeline.triage.inference import process_patient
+from pipeline.triage.records import DONE, FAILED
+from pipeline.triage.run import PatientJob
+from pipeline.triage.settings import TriageSettings
+from pipeline.triage.worker import lanes, work_through
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def uris(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
 
 
 def _jobs(archive: Path, out: Path, uris: dict, prefetch: int) -> list[PatientJob]:
-    from pipeline.index import build_index
+    from pipeline.io.index import build_index
 
     settings = TriageSettings(threshold=0.99, runtime="tf", prefetch=prefetch)
     groups = build_index(archive).table.groupby("patient", sort=True)

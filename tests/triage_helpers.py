@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.preprocess import PreprocessConfig
+from pipeline.io.preprocess import PreprocessConfig
 from pipeline.tracking import save_local_model
 
 SIZE = 64

@@ -1,0 +1,326 @@
+"""Read a patient's slices from an archive and write predicted masks back in its own layout.
+
+Two layouts: Kaggle LGG (`<patient>/<patient>_<k>.tif`, 256×256×3 uint8, with
+`<patient>_<k>_mask.tif` 0/255) and NIfTI (see `pipeline.io.nifti`). `load_patient` takes the
+index rows of one patient (`pipeline.io.index.build_index`) and returns pixels in memory as
+`(N, H, W, 3)` float32 in [0, 1]; `PatientSlices.write_masks` writes predictions back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from pipeline.io.errors import ArchiveError
+from pipeline.io.nifti import (
+    NiftiCase,
+    NiftiGeometry,
+    load_nifti_case,
+    write_nifti_mask,
+)
+from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.quality import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_patient_size,
+    check_slice_size,
+    check_values,
+)
+
+__all__ = [
+    "ArchiveError",
+    "NiftiCase",
+    "NiftiGeometry",
+    "PatientSlices",
+    "load_nifti_case",
+    "load_patient",
+    "read_kaggle_image",
+    "read_kaggle_mask",
+    "read_tif",
+    "write_nifti_mask",
+    "write_tif_mask",
+]
+
+NAN3 = (float("nan"), float("nan"), float("nan"))
+
+
+def read_tif(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read a TIF as stored (RGB order for colour images, never BGR).
+
+    The declared size is checked against `limits` before any pixel is decoded.
+
+    Raises:
+        ArchiveError: the file is missing, corrupt, truncated or too large (`InputQualityError`).
+    """
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            if not tif.pages:
+                raise ValueError("no image found (file truncated?)")
+            page = tif.pages.first
+            check_slice_size(page.shape, path, limits, tiny=False)
+            expected = int(np.prod(page.shape)) * page.dtype.itemsize if page.dtype else 0
+            if page.is_contiguous and page.dataoffsets:
+                end = page.dataoffsets[0] + expected
+                size = os.path.getsize(path)
+                if end > size:
+                    raise ValueError(f"truncated: needs {end} bytes, file has {size}")
+            return np.asarray(page.asarray(maxworkers=1))
+    except ArchiveError:
+        raise
+    except Exception as exc:  # tifffile raises several types for bad files
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ArchiveError(path, f"unreadable TIF ({reason})") from exc
+
+
+def read_kaggle_image(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """A Kaggle slice as `(H, W, 3)` uint8 (pre-contrast, FLAIR, post-contrast).
+
+    A single-channel TIF is copied to three channels.
+
+    Raises:
+        ArchiveError: unreadable, or not an 8-bit `(H, W)`/`(H, W, 3)` image.
+    """
+    pixels = read_tif(path, limits)
+    check_slice_size(pixels.shape, path, limits)
+    if pixels.dtype != np.uint8:
+        raise ArchiveError(path, f"expected 8-bit pixels, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ArchiveError(path, f"expected an (H, W, 3) image, got shape {pixels.shape}")
+    return pixels
+
+
+def read_kaggle_mask(
+    path: str | Path, shape: tuple[int, int] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """A Kaggle mask (0/255) as `(H, W)` bool; `shape` checks it matches its image.
+
+    Raises:
+        ArchiveError: unreadable, or its size differs from `shape`.
+    """
+    pixels = read_tif(path, limits)
+    if pixels.ndim == 3:  # some tools save masks as RGB
+        pixels = pixels.max(axis=-1)
+    if pixels.ndim != 2:
+        raise ArchiveError(path, f"expected an (H, W) mask, got shape {pixels.shape}")
+    if shape is not None and pixels.shape != tuple(shape):
+        got = "x".join(map(str, pixels.shape))
+        want = "x".join(map(str, shape))
+        raise ArchiveError(path, f"mask is {got} but its image is {want}")
+    return pixels > 0
+
+
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """`pipeline.io.manifest.atomic_write` (the package's one atomic-write helper)."""
+    from pipeline.io.manifest import atomic_write
+
+    atomic_write(path, write, durable=False)  # staged: the folder rename commits it
+
+
+def write_tif_mask(mask: np.ndarray, path: str | Path) -> Path:
+    """Write an `(H, W)` mask as 0/255 uint8 TIF (atomically)."""
+    pixels = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
+    out = Path(path)
+    _atomic_write(out, lambda tmp: tifffile.imwrite(tmp, pixels, photometric="minisblack"))
+    return out
+
+
+@dataclass
+class PatientSlices:
+    """All (or the selected) slices of one patient, in memory.
+
+    Attributes:
+        patient: patient key (an identifier: keep it out of logs).
+        format: "kaggle" or "nifti".
+        slices: slice numbers in order (Kaggle k, 1-based; NIfTI canonical axial z, 0-based).
+        images: `(N, H, W, 3)` float32 in [0, 1], channels (T1, FLAIR, T1ce).
+        masks: `(N, H, W)` bool ground truth, or None when the patient has none at all.
+        spacing: `(sx, sy, sz)` mm; NaN when unknown (Kaggle).
+        has_mask: `(N,)` bool, False where a slice's ground truth is missing (its mask row is
+            all False then and must not be used as a label).
+        image_paths: source file of each slice.
+        geometry: NIfTI/DICOM stored grid and reorientation (None for Kaggle).
+        dicom: the DICOM series read (`pipeline.io.dicom_case.DicomSource`), None otherwise.
+    """
+
+    patient: str
+    format: str
+    slices: list[int]
+    images: np.ndarray
+    masks: np.ndarray | None
+    spacing: tuple[float, float, float]
+    has_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    image_paths: list[str] = field(default_factory=list)
+    geometry: NiftiGeometry | None = None
+    dicom: Any = None
+
+    @property
+    def native_hw(self) -> tuple[int, int]:
+        """Native `(H, W)` of the slices."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def write_masks(
+        self, pred: np.ndarray, out_dir: str | Path, name: str | None = None
+    ) -> list[Path]:
+        """Write predicted masks in the input's own layout.
+
+        Kaggle: one `<patient>_<k>_pred.tif` per slice (0/255 uint8, native size).
+        NIfTI: one `<patient>_pred.nii.gz` (uint8 0/1) in the input's grid, affine and shape;
+        slices not in `self.slices` are written as 0. DICOM: the same NIfTI mask (series grid)
+        plus `<patient>_seg.dcm`, a DICOM Segmentation referencing the source images.
+
+        Args:
+            pred: `(N, H, W)` bool, same N, H, W as `images`.
+            out_dir: output folder (created).
+            name: file name prefix (default: the patient key; pass `safety.output_name(key)`).
+
+        Returns:
+            Paths written.
+        """
+        mask = np.asarray(pred) > 0
+        want = (len(self.slices), *self.native_hw)
+        if mask.shape != want:
+            raise ValueError(f"pred shape {mask.shape} differs from the patient's {want}")
+        out = Path(out_dir)
+        prefix = name or self.patient
+        if self.format == "kaggle":
+            return [
+                write_tif_mask(m, out / f"{prefix}_{k}_pred.tif")
+                for k, m in zip(self.slices, mask, strict=True)
+            ]
+        if self.geometry is None:
+            raise ValueError("NIfTI patient without geometry; cannot write a mask back")
+        canonical = np.zeros(self.geometry.canonical_shape, dtype=bool)
+        canonical[:, :, self.slices] = np.transpose(mask, (1, 2, 0))
+        paths = [write_nifti_mask(canonical, self.geometry, out / f"{prefix}_pred.nii.gz")]
+        if self.format == "dicom":
+            from pipeline.io.dicom_seg import write_dicom_seg
+
+            native = self.geometry.to_native(canonical)
+            paths.append(write_dicom_seg(native, self.dicom, out / f"{prefix}_seg.dcm"))
+        return paths
+
+
+def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
+    if rows.empty:
+        raise ValueError("load_patient needs at least one index row")
+    patients = rows["patient"].unique()
+    formats = rows["format"].unique()
+    if len(patients) != 1 or len(formats) != 1:
+        raise ValueError(f"load_patient needs the rows of one patient, got {len(patients)}")
+    return str(patients[0]), str(formats[0])
+
+
+def _load_kaggle(patient: str, rows: pd.DataFrame, limits: Limits) -> PatientSlices:
+    images, masks = [], []
+    for row in rows.itertuples(index=False):
+        pixels = read_kaggle_image(str(row.image_path), limits)
+        images.append(pixels)
+        if row.has_mask and row.mask_path:
+            masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2], limits))
+        else:
+            masks.append(np.zeros(pixels.shape[:2], dtype=bool))
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ArchiveError(
+            rows["image_path"].iloc[0], f"slices of one patient differ in size {sorted(shapes)}"
+        )
+    check_values(np.stack(images), str(rows["source"].iloc[0]) if "source" in rows else patient)
+    has_mask = rows["has_mask"].to_numpy(dtype=bool)
+    return PatientSlices(
+        patient=patient,
+        format="kaggle",
+        slices=[int(k) for k in rows["slice"]],
+        images=np.stack(images).astype(np.float32) / np.float32(255.0),
+        masks=np.stack(masks) if has_mask.any() else None,
+        spacing=NAN3,
+        has_mask=has_mask,
+        image_paths=[str(p) for p in rows["image_path"]],
+    )
+
+
+def _load_nifti(
+    patient: str, rows: pd.DataFrame, config: PreprocessConfig | None, limits: Limits
+) -> PatientSlices:
+    source = str(rows["source"].iloc[0]) if "source" in rows else str(rows["image_path"].iloc[0])
+    case = load_nifti_case(source, config, limits)
+    return _slices_of(case, rows, source)
+
+
+def _slices_of(case: NiftiCase, rows: pd.DataFrame, source: str) -> PatientSlices:
+    """The canonical axial slices listed in `rows` of a case on the canonical RAS grid."""
+    patient = str(rows["patient"].iloc[0])
+    slices = [int(z) for z in rows["slice"]]
+    depth = case.image.shape[2]
+    if any(z < 0 or z >= depth for z in slices):
+        raise ArchiveError(source, f"index asks for slices outside 0..{depth - 1}; re-index")
+    images = np.ascontiguousarray(np.transpose(case.image[:, :, slices], (2, 0, 1, 3)))
+    masks = None
+    if case.mask is not None:
+        masks = np.ascontiguousarray(np.transpose(case.mask[:, :, slices], (2, 0, 1)))
+    return PatientSlices(
+        patient=patient,
+        format="nifti",
+        slices=slices,
+        images=images,
+        masks=masks,
+        spacing=case.spacing,
+        has_mask=np.full(len(slices), masks is not None),
+        image_paths=[str(case.sources["flair"])] * len(slices),
+        geometry=case.geometry,
+    )
+
+
+def _load_dicom(
+    patient: str, rows: pd.DataFrame, config: PreprocessConfig | None, limits: Limits
+) -> PatientSlices:
+    from pipeline.io.dicom_case import load_dicom_case
+
+    first = rows.iloc[0]
+    case, source = load_dicom_case(
+        str(first["source"]), str(first["series_uid"]), patient, str(first["series_rule"]),
+        config, limits,
+    )  # fmt: skip
+    ps = _slices_of(case, rows, str(first["source"]))
+    ps.format, ps.dicom = "dicom", source
+    return ps
+
+
+def load_patient(
+    rows: pd.DataFrame, config: PreprocessConfig | None = None, limits: Limits = DEFAULT_LIMITS
+) -> PatientSlices:
+    """Load every slice listed in one patient's index rows.
+
+    Args:
+        rows: rows of `build_index(...).table` for one patient (any order; sorted by slice here).
+        config: NIfTI intensity percentiles (defaults if None); Kaggle pixels are uint8 / 255.
+        limits: the size limits the index applied (checked again: each header, and the memory
+            the patient's slices take decoded, from the rows' heights and widths, before any).
+
+    Returns:
+        The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
+
+    Raises:
+        ArchiveError: a file is unreadable (the message names it and says why);
+            `InputQualityError` when a limit is exceeded.
+        ValueError: `rows` is empty or spans several patients.
+    """
+    patient, fmt = _one_patient(rows)
+    pixels = int((rows["height"] * rows["width"]).sum())
+    check_patient_size(pixels, len(rows), str(rows["source"].iloc[0]), limits)
+    ordered = rows.sort_values("slice", kind="stable")
+    if fmt == "kaggle":
+        return _load_kaggle(patient, ordered, limits)
+    if fmt == "nifti":
+        return _load_nifti(patient, ordered, config, limits)
+    if fmt == "dicom":
+        return _load_dicom(patient, ordered, config, limits)
+    raise ValueError(f"unknown format {fmt!r}")

@@ -1,0 +1,209 @@
+"""tf.data pipelines for training: slices of chosen patients in memory, augmented on train only.
+
+Decoding (TIF/NIfTI) and resizing go through `pipeline.io.slices.load_patient` and
+`pipeline.io.preprocess.patient_inputs` once per patient, so training sees exactly the pixels triage
+will; the arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1] floats in
+the pipeline. Augmentation (train only) is applied to image and mask together: horizontal flip,
+small rotation (±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image
+only. Vertical flips are left out: an upside-down axial slice is not an anatomy the model meets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io.preprocess import PreprocessConfig, patient_inputs, resize_mask
+from pipeline.io.slices import load_patient
+
+ROTATION_DEG = 10.0
+SHIFT = 0.08
+BRIGHTNESS = 0.1
+CONTRAST = (0.85, 1.15)
+
+
+@dataclass
+class SliceArrays:
+    """Model-size slices of a set of patients.
+
+    Attributes:
+        images: `(N, S, S, 3)` uint8 (value = round(255 x [0, 1] intensity)).
+        masks: `(N, S, S)` bool tumour masks (all False where a slice has no ground truth).
+        labels: `(N,)` int32, 1 = tumour slice (ground truth has tumour pixels), 0 = normal.
+        patients: `(N,)` patient key of each slice (identifiers: keep out of logs).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    patients: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def select(self, keep: np.ndarray) -> SliceArrays:
+        """The slices where `keep` `(N,)` bool is True."""
+        idx = np.flatnonzero(keep)
+        return SliceArrays(
+            self.images[idx], self.masks[idx], self.labels[idx], [self.patients[i] for i in idx]
+        )
+
+    def float_images(self) -> np.ndarray:
+        """`(N, S, S, 3)` float32 in [0, 1]."""
+        return self.images.astype(np.float32) / np.float32(255.0)
+
+
+def load_slices(
+    table: pd.DataFrame, patients: Sequence[str], config: PreprocessConfig
+) -> SliceArrays:
+    """Load and resize every labelled slice of `patients` (one `load_patient` call each).
+
+    Slices without ground truth (`has_mask` False) are dropped: they cannot be labelled.
+
+    Args:
+        table: index table (`build_index(...).table`).
+        patients: patient keys to load, in order.
+        config: preprocessing (image size S).
+
+    Returns:
+        The slices, patient by patient in index order.
+    """
+    size = config.image_size
+    images, masks, labels, keys = [], [], [], []
+    for patient in patients:
+        rows = table[(table["patient"] == patient) & table["has_mask"].astype(bool)]
+        if rows.empty:
+            continue
+        ps = load_patient(rows, config)
+        x = patient_inputs(ps.images, config)
+        images.append(np.round(x * 255.0).astype(np.uint8))
+        if ps.masks is None:
+            m = np.zeros((len(x), size, size), dtype=bool)
+        else:
+            m = resize_mask(ps.masks, size).astype(bool).reshape(len(x), size, size)
+        masks.append(m)
+        labels.append(rows["tumour_pixels"].to_numpy() > 0)
+        keys += [patient] * len(x)
+    if not images:
+        empty = np.zeros((0, size, size), dtype=bool)
+        return SliceArrays(np.zeros((0, size, size, 3), np.uint8), empty, np.zeros(0, np.int32), [])
+    return SliceArrays(
+        np.concatenate(images),
+        np.concatenate(masks),
+        np.concatenate(labels).astype(np.int32),
+        keys,
+    )
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights `N / (2 n_c)` for labels 0/1 (1.0 for an absent class)."""
+    labels = np.asarray(labels).astype(int)
+    n = max(len(labels), 1)
+    return {
+        c: (n / (2.0 * int(np.sum(labels == c)))) if np.any(labels == c) else 1.0 for c in (0, 1)
+    }
+
+
+def _augment(x: Any, y: Any, seed: int, with_mask: bool) -> tuple[Any, Any]:
+    """Random geometric (image + mask together) and photometric (image only) changes, per slice."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    stack = tf.concat([x, y], axis=-1) if with_mask else x
+    stack = tf.image.random_flip_left_right(stack, seed=seed)
+    angle = tf.random.uniform([batch], -1.0, 1.0, seed=seed + 1) * (ROTATION_DEG * math.pi / 180)
+    size = tf.cast(tf.shape(x)[1], tf.float32)
+    shift = tf.random.uniform([batch, 2], -SHIFT, SHIFT, seed=seed + 2) * size
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Rotation about the centre, then shift (output -> input mapping, as ImageProjectiveTransform).
+    cx = cy = (size - 1.0) / 2.0
+    tx = cx - cos * cx + sin * cy - shift[:, 0]
+    ty = cy - sin * cx - cos * cy - shift[:, 1]
+    zeros = tf.zeros_like(cos)
+    transform = tf.stack([cos, -sin, tx, sin, cos, ty, zeros, zeros], axis=1)
+    stack = tf.raw_ops.ImageProjectiveTransformV3(
+        images=stack,
+        transforms=transform,
+        output_shape=tf.shape(stack)[1:3],
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+        fill_value=0.0,
+    )
+    image = stack[..., :3]
+    brightness = tf.random.uniform([batch, 1, 1, 1], -BRIGHTNESS, BRIGHTNESS, seed=seed + 3)
+    contrast = tf.random.uniform([batch, 1, 1, 1], *CONTRAST, seed=seed + 4)
+    mean = tf.reduce_mean(image, axis=[1, 2, 3], keepdims=True)
+    image = tf.clip_by_value((image - mean) * contrast + mean + brightness, 0.0, 1.0)
+    if with_mask:
+        return image, tf.cast(stack[..., 3:] > 0.5, tf.float32)
+    return image, y
+
+
+def make_dataset(
+    arrays: SliceArrays,
+    task: str,
+    batch: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    keep_empty: float = 1.0,
+) -> Any:
+    """A batched, prefetched `tf.data.Dataset` of `(image, target)`.
+
+    Args:
+        arrays: the slices.
+        task: "classifier" (target `(B,)` int32 label) or "segmenter" (target `(B, S, S, 1)`
+            float32 mask).
+        batch: batch size.
+        training: shuffle (seeded, reshuffled each epoch) and augment; else keep order.
+        seed: shuffling and augmentation seed.
+        keep_empty: segmenter training only: the chance that a tumour-free slice is kept in an
+            epoch (drawn afresh each epoch), so the model sees a sampled share of empty slices.
+            Below 1 the dataset repeats endlessly: pass `steps_per_epoch` to `fit`.
+
+    Returns:
+        Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
+    """
+    import tensorflow as tf
+
+    if task not in ("classifier", "segmenter"):
+        raise ValueError(f"task must be 'classifier' or 'segmenter', got {task!r}")
+    if len(arrays) == 0:
+        raise ValueError("no slices to build a dataset from")
+    target = arrays.labels if task == "classifier" else arrays.masks[..., None].astype(np.uint8)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, target))
+
+    def to_float(x: Any, y: Any) -> tuple[Any, Any]:
+        x = tf.cast(x, tf.float32) / 255.0
+        return x, (tf.cast(y, tf.float32) if task == "segmenter" else tf.cast(y, tf.int32))
+
+    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if training:
+        ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True)
+    if training and task == "segmenter" and keep_empty < 1.0:
+        ds = ds.filter(
+            lambda x, y: tf.logical_or(
+                tf.reduce_max(y) > 0.5, tf.random.uniform([], seed=seed + 5) < keep_empty
+            )
+        )
+        # Endless, so every epoch has the same number of batches (`steps_per_epoch` in `fit`).
+        ds = ds.repeat()
+    ds = ds.batch(batch)
+    if training:
+        ds = ds.map(
+            lambda x, y: _augment(x, y, seed, task == "segmenter"),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def split_hash(splits: dict[str, list[str]]) -> str:
+    """Short hash of a patient split (same split, same hash) that reveals no patient key."""
+    text = "|".join(f"{k}:{','.join(sorted(v))}" for k, v in sorted(splits.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,370 @@
+"""Evaluation metrics in pure numpy: classification, calibration, triage operating point, Dice/IoU.
+
+Conventions: `y_true` is `(N,)` 0/1 with 1 = tumour slice; `p_tumour` is `(N,)` float in [0, 1]
+(column 1 of the classifier's softmax); `p_normal = 1 - p_tumour` (column 0). The triage rule
+calls a slice *normal* when `p_normal >= threshold` (`pipeline.triage.rule.DEFAULT_THRESHOLD` by
+default); every other slice goes to the segmenter. Masks are `(N, H, W)` bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.triage.rule import DEFAULT_THRESHOLD as TRIAGE_THRESHOLD  # the routing rule's default
+
+MIN_SENSITIVITY = 0.98
+
+
+def _binary(y: Any) -> np.ndarray:
+    return np.asarray(y).astype(bool).ravel()
+
+
+def _probs(p: Any) -> np.ndarray:
+    arr = np.asarray(p, dtype=np.float64).ravel()
+    if arr.size and (np.nanmin(arr) < 0.0 or np.nanmax(arr) > 1.0):
+        raise ValueError("probabilities must lie in [0, 1]")
+    return arr
+
+
+def _ratio(num: Any, den: Any) -> float:
+    return float(num) / float(den) if den else float("nan")
+
+
+def confusion(y_true: Any, y_pred: Any) -> dict[str, int]:
+    """Binary confusion counts.
+
+    Args:
+        y_true: `(N,)` 0/1 truth (1 = tumour).
+        y_pred: `(N,)` 0/1 prediction.
+
+    Returns:
+        `{"tn", "fp", "fn", "tp"}` as ints.
+    """
+    t, p = _binary(y_true), _binary(y_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in length")
+    return {
+        "tn": int(np.sum(~t & ~p)),
+        "fp": int(np.sum(~t & p)),
+        "fn": int(np.sum(t & ~p)),
+        "tp": int(np.sum(t & p)),
+    }
+
+
+def roc_curve(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve of a score where larger means tumour.
+
+    Returns:
+        `(fpr, tpr, thresholds)`, each `(K,)`, starting at (0, 0) with threshold +inf; a slice is
+        called positive when `score >= threshold`. Empty arrays when one class is absent.
+    """
+    t, s = _binary(y_true), np.asarray(score, dtype=np.float64).ravel()
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.array([]), np.array([]), np.array([])
+    order = np.argsort(-s, kind="mergesort")
+    s, t = s[order], t[order]
+    # Keep only the last index of each run of tied scores.
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    tps = np.cumsum(t)[last]
+    fps = (last + 1) - tps
+    fpr = np.r_[0.0, fps / n_neg]
+    tpr = np.r_[0.0, tps / n_pos]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def roc_auc(y_true: Any, score: Any) -> float:
+    """Area under the ROC curve (ties count half); NaN when one class is absent."""
+    fpr, tpr, _ = roc_curve(y_true, score)
+    if fpr.size == 0:
+        return float("nan")
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def reliability(y_true: Any, p_tumour: Any, n_bins: int = 10) -> dict[str, list[float]]:
+    """Reliability-diagram data for P(tumour) in equal-width bins over [0, 1].
+
+    Returns:
+        `{"bin_lower", "bin_upper", "confidence" (mean P(tumour) in the bin), "frequency" (fraction
+        of tumour slices in the bin), "count"}`, one entry per bin; NaN confidence/frequency for
+        empty bins.
+    """
+    t, p = _binary(y_true), _probs(p_tumour)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
+    conf, freq, count = [], [], []
+    for b in range(n_bins):
+        sel = idx == b
+        n = int(sel.sum())
+        count.append(float(n))
+        conf.append(float(p[sel].mean()) if n else float("nan"))
+        freq.append(float(t[sel].mean()) if n else float("nan"))
+    return {
+        "bin_lower": edges[:-1].tolist(),
+        "bin_upper": edges[1:].tolist(),
+        "confidence": conf,
+        "frequency": freq,
+        "count": count,
+    }
+
+
+def expected_calibration_error(y_true: Any, p_tumour: Any, n_bins: int = 10) -> float:
+    """ECE of P(tumour): sum over bins of (bin share) x |mean P(tumour) - tumour fraction|."""
+    rel = reliability(y_true, p_tumour, n_bins)
+    n = sum(rel["count"])
+    if n == 0:
+        return float("nan")
+    return float(
+        sum(
+            c / n * abs(conf - freq)
+            for c, conf, freq in zip(rel["count"], rel["confidence"], rel["frequency"], strict=True)
+            if c
+        )
+    )
+
+
+def triage_sensitivity(y_true: Any, p_normal: Any, threshold: float = TRIAGE_THRESHOLD) -> float:
+    """Share of tumour slices NOT called normal by `p_normal >= threshold` (NaN if none)."""
+    t, pn = _binary(y_true), _probs(p_normal)
+    return _ratio(np.sum(t & (pn < threshold)), np.sum(t))
+
+
+def operating_point(
+    y_true: Any, p_normal: Any, min_sensitivity: float = MIN_SENSITIVITY
+) -> dict[str, float]:
+    """The triage threshold that routes the most slices as normal while keeping sensitivity.
+
+    Sensitivity of the rule `p_normal >= t -> normal` never falls as `t` grows, so every `t` above
+    some `t*` keeps it at or above `min_sensitivity`. Read literally, "the largest threshold keeping
+    sensitivity" is always 1; the useful operating point is `t*`, the least stringent such
+    threshold (the one that spares the segmenter the most slices), which is returned. At most
+    `floor((1 - min_sensitivity) * P)` of the P tumour slices may be called normal; `t*` is the next
+    float32 above the P(normal) of the first tumour slice that must stay flagged. A value above 1
+    means no threshold in [0, 1] reaches it.
+
+    Args:
+        y_true: `(N,)` 0/1 truth of validation slices (1 = tumour).
+        p_normal: `(N,)` P(normal) of those slices.
+        min_sensitivity: slice-level sensitivity to keep.
+
+    Returns:
+        `{"threshold", "sensitivity", "specificity", "normal_fraction"}` at `t*` on these slices;
+        all NaN when there is no tumour slice.
+    """
+    t, pn = _binary(y_true), _probs(p_normal)
+    nan = float("nan")
+    pos = np.sort(pn[t])[::-1]
+    if pos.size == 0:
+        return {"threshold": nan, "sensitivity": nan, "specificity": nan, "normal_fraction": nan}
+    allowed = int(np.floor((1.0 - min_sensitivity) * pos.size + 1e-9))
+    thr = 0.0
+    if allowed < pos.size:
+        # The smallest float32 strictly above that slice's P(normal), so float32 scores compare
+        # right.
+        t32 = np.float32(pos[allowed])
+        if float(t32) <= pos[allowed]:
+            t32 = np.nextafter(t32, np.float32(np.inf))
+        thr = float(t32)
+    called_normal = pn >= thr
+    return {
+        "threshold": thr,
+        "sensitivity": _ratio(np.sum(t & ~called_normal), np.sum(t)),
+        "specificity": _ratio(np.sum(~t & called_normal), np.sum(~t)),
+        "normal_fraction": float(called_normal.mean()),
+    }
+
+
+def classification_metrics(
+    y_true: Any,
+    p_tumour: Any,
+    *,
+    threshold: float = 0.5,
+    triage_threshold: float = TRIAGE_THRESHOLD,
+    n_bins: int = 10,
+) -> dict[str, float]:
+    """Slice-level classification metrics.
+
+    Args:
+        y_true: `(N,)` 0/1 truth (1 = tumour).
+        p_tumour: `(N,)` P(tumour).
+        threshold: P(tumour) from which a slice is predicted tumour (2-class argmax: 0.5).
+        triage_threshold: the triage rule's P(normal) threshold for `sensitivity_at_triage`.
+        n_bins: bins for the expected calibration error.
+
+    Returns:
+        accuracy, precision, recall, sensitivity (= recall), specificity, f1, roc_auc, ece,
+        sensitivity_at_triage, normal_fraction_at_triage, tn, fp, fn, tp (floats; NaN where
+        undefined).
+    """
+    t, p = _binary(y_true), _probs(p_tumour)
+    if t.size != p.size or t.size == 0:
+        raise ValueError(f"need equal, non-empty y_true ({t.size}) and p_tumour ({p.size})")
+    cm = confusion(t, p >= threshold)
+    precision = _ratio(cm["tp"], cm["tp"] + cm["fp"])
+    recall = _ratio(cm["tp"], cm["tp"] + cm["fn"])
+    f1 = _ratio(2 * precision * recall, precision + recall) if cm["tp"] else 0.0
+    p_normal = 1.0 - p
+    out = {
+        "accuracy": _ratio(cm["tp"] + cm["tn"], t.size),
+        "precision": precision,
+        "recall": recall,
+        "sensitivity": recall,
+        "specificity": _ratio(cm["tn"], cm["tn"] + cm["fp"]),
+        "f1": f1,
+        "roc_auc": roc_auc(t, p),
+        "ece": expected_calibration_error(t, p, n_bins),
+        "sensitivity_at_triage": triage_sensitivity(t, p_normal, triage_threshold),
+        "normal_fraction_at_triage": float(np.mean(p_normal >= triage_threshold)),
+    }
+    out.update({k: float(v) for k, v in cm.items()})
+    return out
+
+
+def _overlap(true: Any, pred: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    if t.shape != p.shape:
+        raise ValueError(f"true {t.shape} and pred {p.shape} masks differ in shape")
+    inter = np.sum(t & p, axis=axes, dtype=np.int64)
+    return inter, np.sum(t, axis=axes, dtype=np.int64), np.sum(p, axis=axes, dtype=np.int64)
+
+
+def dice_per_slice(true: Any, pred: Any) -> np.ndarray:
+    """Dice of each slice of `(N, H, W)` masks; 1.0 where both are empty. Returns `(N,)` float64."""
+    inter, st, sp = _overlap(true, pred, (1, 2))
+    den = st + sp
+    return np.where(den == 0, 1.0, 2.0 * inter / np.maximum(den, 1))
+
+
+def iou_per_slice(true: Any, pred: Any) -> np.ndarray:
+    """IoU (Jaccard) of each slice of `(N, H, W)` masks; 1.0 where both are empty. Returns
+    `(N,)`."""
+    inter, st, sp = _overlap(true, pred, (1, 2))
+    union = st + sp - inter
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def per_patient(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Volume Dice and IoU per patient (all of a patient's slices pooled; empty-empty = 1).
+
+    Args:
+        true, pred: `(N, H, W)` bool masks.
+        patients: `(N,)` patient key of each slice.
+
+    Returns:
+        `{patient: {"dice", "iou", "slices"}}` in first-seen order.
+    """
+    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    keys = np.asarray(list(patients))
+    if keys.shape[0] != t.shape[0]:
+        raise ValueError(f"{keys.shape[0]} patient keys for {t.shape[0]} slices")
+    out: dict[str, dict[str, float]] = {}
+    for key in dict.fromkeys(keys.tolist()):
+        sel = keys == key
+        inter, st, sp = (float(v) for v in _overlap(t[sel], p[sel], (0, 1, 2)))
+        den, union = st + sp, st + sp - inter
+        out[str(key)] = {
+            "dice": 1.0 if den == 0 else 2.0 * inter / den,
+            "iou": 1.0 if union == 0 else inter / union,
+            "slices": float(sel.sum()),
+        }
+    return out
+
+
+def segmentation_metrics(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, float]:
+    """Summary segmentation metrics for `(N, H, W)` masks: slice and patient means of Dice and IoU.
+
+    Returns:
+        dice_slice_mean, iou_slice_mean, dice_tumour_slice_mean (slices with true tumour only;
+        NaN if none), dice_patient_mean, iou_patient_mean, dice_patient_min, patients, slices.
+    """
+    d, j = dice_per_slice(true, pred), iou_per_slice(true, pred)
+    has_tumour = np.asarray(true).astype(bool).reshape(d.size, -1).any(axis=1)
+    pp = per_patient(true, pred, patients)
+    pd_ = np.array([v["dice"] for v in pp.values()])
+    pj = np.array([v["iou"] for v in pp.values()])
+    return {
+        "dice_slice_mean": float(d.mean()) if d.size else float("nan"),
+        "iou_slice_mean": float(j.mean()) if j.size else float("nan"),
+        "dice_tumour_slice_mean": float(d[has_tumour].mean()) if has_tumour.any() else float("nan"),
+        "dice_patient_mean": float(pd_.mean()) if pd_.size else float("nan"),
+        "iou_patient_mean": float(pj.mean()) if pj.size else float("nan"),
+        "dice_patient_min": float(pd_.min()) if pd_.size else float("nan"),
+        "patients": float(len(pp)),
+        "slices": float(d.size),
+    }
+
+
+def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """95th percentile symmetric Hausdorff distance between two 3-D masks (surface to surface).
+
+    Args:
+        true, pred: `(N, H, W)` bool, a patient's slices stacked along the first axis.
+        spacing: `(slice, row, column)` voxel size; NaN entries count as 1 (pixels), so Kaggle
+            TIFs give distances in pixels.
+
+    Returns:
+        Distance in the units of `spacing`; 0.0 when both are empty, NaN when only one is (the
+        distance to nothing is undefined).
+    """
+    from scipy import ndimage
+
+    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    if t.shape != p.shape:
+        raise ValueError(f"true {t.shape} and pred {p.shape} masks differ in shape")
+    if not t.any() and not p.any():
+        return 0.0
+    if not t.any() or not p.any():
+        return float("nan")
+    sp = tuple(1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing)
+
+    def surface(m: np.ndarray) -> np.ndarray:
+        return m & ~ndimage.binary_erosion(m, border_value=0)
+
+    st, spr = surface(t), surface(p)
+    d_to_t = ndimage.distance_transform_edt(~st, sampling=sp)
+    d_to_p = ndimage.distance_transform_edt(~spr, sampling=sp)
+    dists = np.concatenate([d_to_t[spr], d_to_p[st]])
+    return float(np.percentile(dists, 95))
+
+
+def bootstrap_ci(
+    items: Sequence[Any],
+    statistic: Any,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(resampled items)`, resampling whole items.
+
+    Items are patients, so slice-level figures (sensitivity, ROC AUC) are resampled by patient and
+    the interval reflects patient-to-patient variation.
+
+    Args:
+        items: the per-patient records (anything `statistic` understands).
+        statistic: function of a list of items → float (NaN results are dropped).
+        n_boot: bootstrap resamples.
+        level: interval coverage.
+        seed: resampling seed.
+
+    Returns:
+        `(low, high)`; NaN, NaN when there are no items or no finite resample.
+    """
+    n = len(items)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, n)
+        v = float(statistic([items[i] for i in pick]))
+        if np.isfinite(v):
+            values.append(v)
+    if not values:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
