@@ -92,7 +92,8 @@ def _limit_data() -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path) -> None:
+def _bomb_archive(tmp_path: Path) -> Path:
+    """A good two-slice patient beside a TIF header bomb, a NIfTI header bomb and a gzip bomb."""
     archive = tmp_path / "archive"
     good = archive / "GOOD"
     good.mkdir(parents=True)
@@ -103,6 +104,11 @@ def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path
     _tif_bomb(archive / "TIFBOMB" / "TIFBOMB_1.tif")
     _nifti_header_bomb(archive / "HDRBOMB.nii")
     _gzip_bomb(archive / "GZBOMB.nii.gz")
+    return archive
+
+
+def test_size_bombs_are_refused_from_headers_under_a_memory_limit(tmp_path: Path) -> None:
+    archive = _bomb_archive(tmp_path)
     code = textwrap.dedent(
         f"""
         import resource, sys
@@ -145,16 +151,7 @@ def test_a_run_over_size_bombs_fails_each_with_its_reason_under_a_memory_limit(
     """The whole run in a child whose data segment is capped: every bomb (header bombs, a gzip
     bomb, a DICOM series claiming huge frames, a patient of many large slices) is a failed
     patient naming the limit, the good patient is triaged, and the process never runs out."""
-    archive = tmp_path / "archive"
-    good = archive / "GOOD"
-    good.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for k in (1, 2):
-        tifffile.imwrite(str(good / f"GOOD_{k}.tif"), rng.integers(0, 255, (64, 64, 3), np.uint8))
-    (archive / "TIFBOMB").mkdir()
-    _tif_bomb(archive / "TIFBOMB" / "TIFBOMB_1.tif")
-    _nifti_header_bomb(archive / "HDRBOMB.nii")
-    _gzip_bomb(archive / "GZBOMB.nii.gz")
+    archive = _bomb_archive(tmp_path)
     _wide_patient(archive / "WIDE")
     _dicom_header_bomb(archive / "dicom")
     code = textwrap.dedent(
