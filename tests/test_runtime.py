@@ -281,3 +281,26 @@ def test_bench_runs_on_openvino_without_a_tf_loop(
     assert r["slices"] == 48 and len(r["rss_mb_after_patient"]) == 6
     assert r["per_slice_loop_s"] is None  # the per-slice loop is TF's: not run here
     assert r["model_s"] > 0 and r["parity"]["segmenter"]["dice"] == 1.0
+
+
+def test_models_alone_in_turns_run_each_configuration_on_its_own_runtime(
+    tiny: dict[str, str], slices: SliceSets, archive: Path
+) -> None:
+    # Regression: TF's short model digest and the export key were remembered under one key, so
+    # once TF had loaded a model in the process, its exports were looked up under the wrong digest
+    # and every configuration of the in-turns table silently ran on TF.
+    from pipeline.cli.bench_runtimes import interleaved
+    from pipeline.io import manifest
+
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32",), batch=8)
+    manifest._remembered.clear()  # as in a fresh bench process: TF loads the models first
+    kwargs = {"archive": str(archive), "classifier": tiny["clf"], "segmenter": tiny["seg"],
+              "batch": 8, "precision": "float32", "threshold": 0.5, "xla": "off"}  # fmt: skip
+    configs = [{"name": "tf", "runtime": "tf"},
+               {"name": "ov", "runtime": "openvino", "ov_precision": "f32"}]  # fmt: skip
+    r = interleaved(kwargs, configs, rounds=1)
+    assert r["tf"]["runs_on"] == {"classifier": "tf-float32", "segmenter": "tf-float32"}
+    assert r["ov"]["runs_on"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
+    assert r["ov"]["slices"] == r["tf"]["slices"] == 32
+    assert len(runtime.model_digest(tiny["seg"])[1]) == 64  # the export key, not the short digest

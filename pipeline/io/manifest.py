@@ -190,8 +190,11 @@ _remembered: dict[tuple[Any, ...], str] = {}
 _remembered_lock = threading.Lock()
 
 
-def remembered_digest(paths: Iterable[str | Path], compute: Callable[[], str]) -> str:
-    """`compute()` once per unchanged set of files, then its remembered value.
+def remembered_digest(paths: Iterable[str | Path], compute: Callable[[], str], kind: str) -> str:
+    """`compute()` once per unchanged set of files and `kind`, then its remembered value.
+
+    `kind` names what `compute` returns: two callers that digest the same files differently
+    (a short content digest, an export cache key) must never be served each other's value.
 
     Keyed on each file's resolved path, size, modification time (ns) and inode: a model file is
     hashed once per process instead of once per patient, and a file rewritten or replaced in
@@ -201,7 +204,7 @@ def remembered_digest(paths: Iterable[str | Path], compute: Callable[[], str]) -
     for p in paths:
         st = os.stat(p)
         stamp.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
-    key = tuple(stamp)
+    key = (kind, *stamp)
     with _remembered_lock:
         if key in _remembered:
             return _remembered[key]

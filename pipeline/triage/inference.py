@@ -68,7 +68,9 @@ def _file_digest(uri: str) -> str:
         return ""
     files = [path, *[p for p in [path.with_suffix(".json")] if p.is_file()]]
     # Once per unchanged file, not once per patient (hashing a 300 MB model takes ~0.5 s).
-    return manifest.remembered_digest(files, lambda: manifest.files_digest(files)[:12])
+    return manifest.remembered_digest(
+        files, lambda: manifest.files_digest(files)[:12], kind="model-short"
+    )
 
 
 def _identity(uri: str) -> tuple[str, str, bool]:

@@ -195,7 +195,7 @@ def model_digest(uri: str) -> tuple[str, str]:
             return h.hexdigest()
 
         # Once per unchanged file, not once per patient (hashing a 300 MB model takes ~0.5 s).
-        return path.name, remembered_digest(parts, sha256)
+        return path.name, remembered_digest(parts, sha256, kind="export-key")
     from pipeline.tracking import model_reference
 
     version, mlmodel = model_reference(uri)
