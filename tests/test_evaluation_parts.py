@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.io.splits import assign_folds, fold_splits, tumour_patient_set
 from pipeline.learn.recipes import PRESETS, preset_values
-from pipeline.triage import metrics
+from pipeline.triage import metrics, postprocess
 from pipeline.triage.calibration import apply_temperature, fit_temperature
 from pipeline.triage.postprocess import remove_isolated_3d
 from pipeline.triage.rule import DEFAULT_THRESHOLD, bypass_warning, resolve_threshold
@@ -133,6 +133,58 @@ def test_resolve_threshold_and_bypass_warning() -> None:
         resolve_threshold(1.5, None)
     assert bypass_warning(95, 100) and "95%" in bypass_warning(95, 100)  # type: ignore[operator]
     assert bypass_warning(90, 100) is None and bypass_warning(0, 0) is None
+
+
+def _isolated_whole_volume(m: np.ndarray, lone: int, vol: int) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(m, structure=np.ones((3, 3, 3), dtype=bool))
+    out = m.copy()
+    for i in range(1, count + 1):
+        comp = labels == i
+        one_slice = comp.any(axis=(1, 2)).sum() == 1
+        if comp.sum() < vol or (one_slice and comp.sum() < lone):
+            out[comp] = False
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_isolated_3d_on_the_masks_box_equals_the_whole_volume(seed: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    m = ndimage.binary_dilation(rng.random((8, 40, 36)) > 0.996, iterations=int(rng.integers(1, 3)))
+    m[-1, -2:, :3] = True  # touching the faces of the volume
+    got = postprocess.remove_isolated_3d(m, lone_slice_area=12, min_volume=20)
+    np.testing.assert_array_equal(got, _isolated_whole_volume(m, 12, 20))
+    with pytest.raises(ValueError, match="empty"):
+        postprocess.bounding_box(np.zeros((2, 3, 3), bool))
+
+
+def _hd95_whole_volume(t: np.ndarray, p: np.ndarray, sp: tuple[float, ...]) -> float:
+    """The textbook definition on the whole array (what `metrics.hd95` crops for speed)."""
+    from scipy import ndimage
+
+    st = t & ~ndimage.binary_erosion(t, border_value=0)
+    spr = p & ~ndimage.binary_erosion(p, border_value=0)
+    d_to_t = ndimage.distance_transform_edt(~st, sampling=sp)
+    d_to_p = ndimage.distance_transform_edt(~spr, sampling=sp)
+    return float(np.percentile(np.concatenate([d_to_t[spr], d_to_p[st]]), 95))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_on_the_masks_box_equals_the_whole_volume(seed: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (9, 48, 40)
+    t = ndimage.binary_dilation(rng.random(shape) > 0.995, iterations=2)
+    p = ndimage.binary_dilation(rng.random(shape) > 0.997, iterations=int(rng.integers(1, 4)))
+    if seed % 2:  # masks touching the volume's faces, where the crop meets the array's edge
+        t[:, 0, :5] = True
+        p[-1, -3:, -1] = True
+    sp = (2.5, 0.9, 1.1) if seed % 3 else (1.0, 1.0, 1.0)
+    assert metrics.hd95(t, p, sp) == pytest.approx(_hd95_whole_volume(t, p, sp), abs=1e-9)
 
 
 def test_hd95_and_bootstrap() -> None:

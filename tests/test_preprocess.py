@@ -148,3 +148,27 @@ def test_prepare_batch_shape_range_and_identity() -> None:
     np.testing.assert_array_equal(same, images[:, :16, :16])
     with pytest.raises(ValueError, match="expected images"):
         prepare_batch(images[..., 0], PreprocessConfig(image_size=16))
+
+
+def _inputs_the_long_way(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Normalise all three channels, build the mode's channels, then resize (the definition)."""
+    from pipeline.io.preprocess import normalize_volume, prepare_batch, select_channels
+
+    x = normalize_volume(images) if config.normalize == "volume" else images
+    return prepare_batch(select_channels(x, config.input_mode), config)
+
+
+@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d"])
+@pytest.mark.parametrize("normalize", ["none", "volume"])
+def test_model_inputs_share_work_and_equal_the_definition(mode: str, normalize: str) -> None:
+    from pipeline.io.preprocess import model_inputs, patient_inputs
+
+    rng = np.random.default_rng(1)
+    images = (rng.random((7, 48, 48, 3)) * (rng.random((7, 48, 48, 3)) > 0.3)).astype(np.float32)
+    small = PreprocessConfig(image_size=16, input_mode=mode, normalize=normalize)
+    odd = PreprocessConfig(image_size=20, input_mode=mode, normalize=normalize)  # not a divisor
+    both = model_inputs(images, (small, odd))
+    for config, got in zip((small, odd), both, strict=True):
+        np.testing.assert_array_equal(got, _inputs_the_long_way(images, config))
+        np.testing.assert_array_equal(patient_inputs(images, config), got)
+        assert got.shape == (7, config.image_size, config.image_size, 3)

@@ -7,7 +7,7 @@ masks are `(H, W)` or `(N, H, W)` bool.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -296,9 +296,44 @@ def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     Returns:
         `(N, S, S, 3)` float32 in [0, 1].
     """
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 4 or x.shape[-1] != config.channels:
-        raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
+    return model_inputs(images, (config,))[0]
+
+
+def _native_planes(x: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """The channels `config` uses, normalised, at native size: FLAIR alone for the FLAIR modes
+    (normalisation is per channel, so the unused channels need no work)."""
+    if config.input_mode in ("flair", "flair25d"):
+        x = x[..., 1:2]
     if config.normalize == "volume" and len(x):
         x = normalize_volume(x)
-    return prepare_batch(select_channels(x, config.input_mode), config)
+    return x
+
+
+def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tuple[np.ndarray, ...]:
+    """`patient_inputs` for several models' preprocessing at once, sharing the native-size work
+    (normalisation) between models that normalise the same channels the same way.
+
+    Per model: choose the channels it uses, normalise them, resize, then build its three input
+    channels at model size (resizing is per channel, so building them after resizing gives the
+    same pixels as before it, with a third of the resizing for the FLAIR modes).
+
+    Returns:
+        One `(N, S, S, 3)` float32 array in [0, 1] per config, in order.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    native: dict[tuple[bool, str], np.ndarray] = {}
+    out = []
+    for config in configs:
+        if x.ndim != 4 or x.shape[-1] != config.channels:
+            raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
+        key = (config.input_mode in ("flair", "flair25d"), config.normalize)
+        if key not in native:
+            native[key] = _native_planes(x, config)
+        small = resize_image(native[key], config.image_size)
+        np.clip(small, 0.0, 1.0, out=small)
+        if config.input_mode == "rgb":
+            out.append(small)
+        else:  # FLAIR alone, one plane: the mode's three channels from it
+            three = np.broadcast_to(small, (*small.shape[:3], 3))
+            out.append(select_channels(three, config.input_mode))
+    return tuple(out)

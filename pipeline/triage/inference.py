@@ -231,14 +231,16 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     Raises:
         ArchiveError, ValueError: unreadable or inconsistent input.
     """
-    from pipeline.io.preprocess import patient_inputs
+    from pipeline.io.preprocess import model_inputs
     from pipeline.io.slices import load_patient
 
     start = time.perf_counter()
     clf, seg = models.classifier.preprocess, models.segmenter.preprocess
     ps = load_patient(rows, clf, settings.limits)
-    x = patient_inputs(ps.images, clf)
-    xs = None if seg == clf else patient_inputs(ps.images, seg)
+    if seg == clf:
+        x, xs = model_inputs(ps.images, (clf,))[0], None
+    else:  # one normalisation for both models when they normalise alike
+        x, xs = model_inputs(ps.images, (clf, seg))
     return PatientWork(ps, x, xs, {"load": time.perf_counter() - start})
 
 

@@ -319,6 +319,14 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
     if not t.any() or not p.any():
         return float("nan")
     sp = tuple(1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing)
+    # Only the box around both masks (plus one background voxel) matters: every surface voxel is
+    # in it, the distance transform is exact Euclidean whatever the array's extent, and the
+    # erosion sees the same neighbours. Same result, ~10-50x less work than the whole volume
+    # (on a whole LGG patient this took longer than both models together).
+    from pipeline.triage.postprocess import bounding_box
+
+    box = bounding_box(t | p, margin=1)
+    t, p = t[box], p[box]
 
     def surface(m: np.ndarray) -> np.ndarray:
         return m & ~ndimage.binary_erosion(m, border_value=0)

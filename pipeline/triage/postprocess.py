@@ -84,6 +84,22 @@ def postprocess(
     return remove_small_components(threshold_probabilities(prob, threshold), min_component)
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Index of the box around `mask`'s true voxels, grown by `margin` on every side (clipped).
+
+    Raises:
+        ValueError: an empty mask (it has no box).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("an empty mask has no bounding box")
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + margin + 1))
+    return tuple(box)
+
+
 def remove_isolated_3d(
     masks: np.ndarray,
     lone_slice_area: int = DEFAULT_LONE_SLICE_AREA,
@@ -113,7 +129,8 @@ def remove_isolated_3d(
     out = masks.copy()
     if not out.any() or (lone_slice_area == 0 and min_volume == 0):
         return out
-    labels, count = ndimage.label(out, structure=np.ones((3, 3, 3), dtype=bool))
+    crop = bounding_box(out)  # every component lies inside it: label only there
+    labels, count = ndimage.label(out[crop], structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     boxes = ndimage.find_objects(labels)
     drop = np.zeros(count + 1, dtype=bool)
@@ -123,5 +140,5 @@ def remove_isolated_3d(
         one_slice = box[0].stop - box[0].start == 1
         drop[i] = sizes[i] < min_volume or (one_slice and sizes[i] < lone_slice_area)
     if drop.any():
-        out[drop[labels]] = False
+        out[crop][drop[labels]] = False
     return out
