@@ -304,3 +304,24 @@ def test_models_alone_in_turns_run_each_configuration_on_its_own_runtime(
     assert r["ov"]["runs_on"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
     assert r["ov"]["slices"] == r["tf"]["slices"] == 32
     assert len(runtime.model_digest(tiny["seg"])[1]) == 64  # the export key, not the short digest
+
+
+def test_bench_memory_rows_against_first_and_largest_patients(
+    tiny: dict[str, str], slices: SliceSets, archive: Path
+) -> None:
+    from pipeline.cli.bench import bench_triage
+    from pipeline.cli.bench_runtimes import config_table
+
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32",), batch=8)
+    kw = {"batch": 8, "runtime": "openvino", "ov_precision": "f32", "loop_slices": 0}
+    whole = bench_triage(str(archive), tiny["clf"], tiny["seg"], **kw)  # type: ignore[arg-type]
+    big = bench_triage(str(archive), tiny["clf"], tiny["seg"], largest=True, **kw)  # type: ignore[arg-type]
+    few = bench_triage(str(archive), tiny["clf"], tiny["seg"], patients=2, **kw)  # type: ignore[arg-type]
+    assert (big["patients"], few["patients"]) == (1, 2)
+    assert big["slices"] == 8 and few["slices"] == 16  # the archive's patients have 8 slices each
+    whole.update(startup_to_results_s=1.0, tensorflow_imported=False)
+    table = config_table("openvino-f32", whole, whole, 100.0, few, big)
+    ratio = whole["rss_peak_mb"] / big["rss_peak_mb"]
+    assert "| RSS peak, 6 patients / largest alone (8 slices) |" in table
+    assert f"= {ratio:.3f}x |" in table and "/ first 2 alone" in table

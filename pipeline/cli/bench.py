@@ -137,13 +137,16 @@ def bench_triage(
     prefetch: int = TriageSettings.prefetch,
     xla: str = TriageSettings.xla,
     patients: int | None = None,
+    largest: bool = False,
 ) -> dict[str, Any]:
     """Run the three measurements and return the figures (no patient keys).
 
     `threshold` None = the classifier's operating point. `runtime` / `ov_precision` choose the
     models' runtime (`pipeline.triage.runtime`); the per-slice loop is TF's `model.predict` (skipped
     with `loop_slices=0`, or when a model is not on TF). `prefetch` and `xla` as a triage run's
-    (`workers`: patients at once with `prefetch=0`); `patients` = only the first N (None: all).
+    (`workers`: patients at once with `prefetch=0`); `patients` = only the first N (None: all);
+    `largest` = only the patient with the most slices (memory grows with a patient's size, so the
+    whole archive's peak is judged against that patient's alone).
 
     Returns:
         `patients`, `slices`, `flagged`, `end_to_end_s`, `end_to_end_slices_per_s`, `model_s`,
@@ -170,6 +173,8 @@ def bench_triage(
     rss_start = _rss_mb()
     table = build_index(archive).table
     groups = [rows for _, rows in table.groupby("patient", sort=True)][:patients]
+    if largest:
+        groups = [max(groups, key=len)]
     n = sum(len(rows) for rows in groups)
     _warm_up(models, read_patient(groups[0], models, settings), batch)
 

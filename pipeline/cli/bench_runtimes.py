@@ -146,16 +146,32 @@ def _fmt(v: float | None, spec: str = ".2f", unit: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{unit}"
 
 
-def _memory_row(r: dict[str, Any], few: dict[str, Any] | None) -> tuple[str, str]:
-    """Peak RSS of the first N patients alone against the whole archive's (target <= 1.05x)."""
+def _memory_rows(
+    r: dict[str, Any], few: dict[str, Any] | None, big: dict[str, Any] | None
+) -> list[tuple[str, str]]:
+    """Peak RSS of the whole archive against the first N patients alone (target <= 1.05x) and
+    against its largest patient alone (what a patient's own size costs, apart from their number)."""
     if not few or "error" in few:
         why = " / ".join(few["error"]) if few else "not measured (--memory-patients 0)"
-        return ("RSS peak, first patients alone", why)
+        return [("RSS peak, first patients alone", why)]
     ratio = r["rss_peak_mb"] / few["rss_peak_mb"]
-    return (
-        f"RSS peak, {r['patients']} patients / first {few['patients']} alone",
-        f"{r['rss_peak_mb']:.0f} / {few['rss_peak_mb']:.0f} MB = {ratio:.3f}x",
-    )
+    rows = [
+        (
+            f"RSS peak, {r['patients']} patients / first {few['patients']} alone",
+            f"{r['rss_peak_mb']:.0f} / {few['rss_peak_mb']:.0f} MB = {ratio:.3f}x "
+            f"({r['slices'] / r['patients']:.1f} / {few['slices'] / few['patients']:.1f} "
+            "slices per patient)",
+        )
+    ]
+    if big and "error" not in big:
+        rows.append(
+            (
+                f"RSS peak, {r['patients']} patients / largest alone ({big['slices']} slices)",
+                f"{r['rss_peak_mb']:.0f} / {big['rss_peak_mb']:.0f} MB = "
+                f"{r['rss_peak_mb'] / big['rss_peak_mb']:.3f}x",
+            )
+        )
+    return rows
 
 
 def config_table(
@@ -164,9 +180,11 @@ def config_table(
     base: dict[str, Any],
     peak: float,
     few: dict[str, Any] | None = None,
+    big: dict[str, Any] | None = None,
 ) -> str:
     """One configuration's figures as a Markdown table (speed-ups against the TF loop and run;
-    `few` = the same configuration on the first patients only, for its memory)."""
+    `few` / `big` = the same configuration on the first patients / the largest one alone, for its
+    memory)."""
     if "error" in r:
         return f"### {name}\n\nfailed: {' / '.join(r['error'])}"
     gf = base.get("gflops_per_slice") or {}
@@ -200,7 +218,7 @@ def config_table(
         ),
         ("RSS growth per patient", f"{per_patient:+.1f} MB"),
         ("RSS peak (sampled)", f"{r['rss_peak_mb']:.0f} MB"),
-        _memory_row(r, few),
+        *_memory_rows(r, few, big),
         ("process start to last result", f"{r['startup_to_results_s']:.1f} s"),
         ("TensorFlow imported", str(r["tensorflow_imported"])),
     ]
@@ -250,16 +268,19 @@ def bench_runtimes(args: argparse.Namespace) -> dict[str, Any]:
                                             "loop_slices": 0}  # fmt: skip
     peak_before = matmul_peak_gflops()
     results = {name: run_config({**common, **extra}) for name, extra in configs.items()}
-    few = {}  # each configuration again on the first patients alone: does memory grow with more?
+    few, big = {}, {}  # each configuration on the first patients alone, and on the largest alone
     if args.memory_patients > 0:
         alone = {"patients": args.memory_patients, "loop_slices": 0, "flops": False}
         few = {name: run_config({**common, **extra, **alone}) for name, extra in configs.items()}
+        one = {"largest": True, "loop_slices": 0, "flops": False}
+        big = {name: run_config({**common, **extra, **one}) for name, extra in configs.items()}
     turns = [{"name": n, **{k: v for k, v in e.items() if k in ("runtime", "ov_precision")}}
              for n, e in configs.items()]  # fmt: skip
     alternating = run_config({**common, "interleaved": turns})
     peak = max(peak_before, matmul_peak_gflops())
     return {"cpu": cpu_summary(), "matmul_peak_gflops": round(peak, 1), "configs": results,
-            "first_patients": few, "interleaved": alternating}  # fmt: skip
+            "first_patients": few, "largest_patient": big,
+            "interleaved": alternating}  # fmt: skip
 
 
 def cli_bench_triage(args: argparse.Namespace) -> int:
@@ -281,8 +302,8 @@ def cli_bench_triage(args: argparse.Namespace) -> int:
         print(f"the TF reference run failed: {base['error']}")
         return 1
     for name, r in out["configs"].items():
-        few = out["first_patients"].get(name)
-        print(config_table(name, r, base, out["matmul_peak_gflops"], few) + "\n")
+        few, big = out["first_patients"].get(name), out["largest_patient"].get(name)
+        print(config_table(name, r, base, out["matmul_peak_gflops"], few, big) + "\n")
     print(interleaved_table(out["interleaved"]))
     return 0
 

@@ -253,9 +253,13 @@ def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -
         fg = ch > BACKGROUND_LEVEL
         if not fg.any():
             continue
-        lo, hi = np.percentile(ch[fg], [low, high])
-        scaled = (ch - np.float32(lo)) / np.float32(max(hi - lo, 1e-6))
-        out[..., c] = np.where(fg, np.clip(scaled, 0.0, 1.0), 0.0)
+        # ch[fg] is our own copy: percentile may partition it in place (no second copy).
+        lo, hi = np.percentile(ch[fg], [low, high], overwrite_input=True)
+        o = out[..., c]  # computed in place: a large patient's slices need no full-size temporaries
+        np.subtract(ch, np.float32(lo), out=o)
+        np.divide(o, np.float32(max(hi - lo, 1e-6)), out=o)
+        np.clip(o, 0.0, 1.0, out=o)
+        o[~fg] = 0.0
     return out
 
 

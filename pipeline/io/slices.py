@@ -233,13 +233,18 @@ def _load_kaggle(patient: str, rows: pd.DataFrame, limits: Limits) -> PatientSli
         raise ArchiveError(
             rows["image_path"].iloc[0], f"slices of one patient differ in size {sorted(shapes)}"
         )
-    check_values(np.stack(images), str(rows["source"].iloc[0]) if "source" in rows else patient)
+    stacked = np.stack(images)
+    del images
+    check_values(stacked, str(rows["source"].iloc[0]) if "source" in rows else patient)
+    pixels01 = stacked.astype(np.float32)
+    del stacked
+    np.divide(pixels01, np.float32(255.0), out=pixels01)  # in place: no second float copy
     has_mask = rows["has_mask"].to_numpy(dtype=bool)
     return PatientSlices(
         patient=patient,
         format="kaggle",
         slices=[int(k) for k in rows["slice"]],
-        images=np.stack(images).astype(np.float32) / np.float32(255.0),
+        images=pixels01,
         masks=np.stack(masks) if has_mask.any() else None,
         spacing=NAN3,
         has_mask=has_mask,

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,8 @@ class PatientWork:
         key: manifest key of this work; change: `NEW` or `CHANGED` (`start_patient`).
         p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
         prob: segmenter P(tumour) of the flagged slices at model size `(F, S, S, 1)`.
+        flair: `(N, H, W)` float32 FLAIR at native size, all the writer needs of the pixels
+            (`ps.images` keeps no channels once the model inputs are made).
     """
 
     ps: Any
@@ -223,6 +225,7 @@ class PatientWork:
     p_normal: np.ndarray | None = None
     flagged: np.ndarray | None = None
     prob: np.ndarray | None = None
+    flair: np.ndarray | None = None
 
 
 def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSettings) -> PatientWork:
@@ -241,7 +244,11 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
         x, xs = model_inputs(ps.images, (clf,))[0], None
     else:  # one normalisation for both models when they normalise alike
         x, xs = model_inputs(ps.images, (clf, seg))
-    return PatientWork(ps, x, xs, {"load": time.perf_counter() - start})
+    # The writer needs FLAIR alone (viewer, thumbnail): keep it and let the other channels go, so
+    # a patient waiting in the read-ahead queue or for its writer holds a third of its pixels.
+    flair = np.ascontiguousarray(ps.images[..., 1])
+    ps = replace(ps, images=np.empty((*ps.images.shape[:3], 0), np.float32))
+    return PatientWork(ps, x, xs, {"load": time.perf_counter() - start}, flair=flair)
 
 
 def predict_patient(
@@ -330,7 +337,8 @@ def write_patient(
     rep["output"] = name
     stage = manifest.staging_dir(out_dir, name)
     rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name)]
-    flair = ps.images[:, :, :, 1]  # channel 1 = FLAIR; every slice goes into the viewer
+    flair = work.flair  # every slice goes into the viewer
+    assert flair is not None, "write_patient needs read_patient's FLAIR"
     view = viewer.viewer_data(flair, pred, ps.masks, recs)
     big = findings.largest_slice
     i = next(j for j, r in enumerate(recs) if r.slice == big) if big is not None else n // 2
