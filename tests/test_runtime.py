@@ -315,9 +315,9 @@ def test_bench_memory_rows_against_first_and_largest_patients(
     for uri in tiny.values():
         export_model(uri, slices, ("f32",), batch=8)
     kw = {"batch": 8, "runtime": "openvino", "ov_precision": "f32", "loop_slices": 0}
-    whole = bench_triage(str(archive), tiny["clf"], tiny["seg"], **kw)  # type: ignore[arg-type]
-    big = bench_triage(str(archive), tiny["clf"], tiny["seg"], largest=True, **kw)  # type: ignore[arg-type]
-    few = bench_triage(str(archive), tiny["clf"], tiny["seg"], patients=2, **kw)  # type: ignore[arg-type]
+    whole = bench_triage(str(archive), tiny["clf"], tiny["seg"], **kw)
+    big = bench_triage(str(archive), tiny["clf"], tiny["seg"], largest=True, **kw)
+    few = bench_triage(str(archive), tiny["clf"], tiny["seg"], patients=2, **kw)
     assert (big["patients"], few["patients"]) == (1, 2)
     assert big["slices"] == 8 and few["slices"] == 16  # the archive's patients have 8 slices each
     whole.update(startup_to_results_s=1.0, tensorflow_imported=False)
