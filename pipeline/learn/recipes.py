@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "segmenter": {
             "image_size": 128,
-            "epochs": 25,
+            "epochs": 40,
             "batch": 16,
             "lr": 1e-3,
             "loss": "bce_dice",
@@ -73,7 +73,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "normalize": "volume",
             "empty_fraction": 0.3,
             "select": "auto",
-            "patience": 8,
+            "patience": 12,
         },
     },
 }
