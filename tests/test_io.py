@@ -75,6 +75,44 @@ def test_load_kaggle_patient_from_shared_data(kaggle_3m: Path, tmp_path: Path) -
         ps.write_masks(ps.masks[:3], tmp_path)
 
 
+@pytest.mark.parametrize("mode", ["flair", "flair25d"])
+@pytest.mark.parametrize("normalize", ["none", "volume"])
+def test_flair_only_load_gives_the_same_model_inputs_in_a_third_of_the_memory(
+    kaggle_3m: Path, mode: str, normalize: str
+) -> None:
+    from pipeline.io.preprocess import PreprocessConfig, model_inputs
+
+    rows = _rows(kaggle_3m, KAGGLE_PATIENT)
+    configs = (PreprocessConfig(64, input_mode=mode, normalize=normalize),
+               PreprocessConfig(128, input_mode=mode, normalize=normalize))  # fmt: skip
+    whole, light = load_patient(rows), load_patient(rows, flair_only=True)
+    assert light.images.shape == whole.images.shape and light.images.dtype == np.float32
+    np.testing.assert_array_equal(light.images[..., 1], whole.images[..., 1])
+    assert np.shares_memory(light.images[..., 0], light.images[..., 1])  # one plane, three views
+    assert light.images.base.nbytes * 3 <= whole.images.nbytes + 3 * 64  # FLAIR's pixels alone
+    for a, b in zip(model_inputs(whole.images, configs), model_inputs(light.images, configs),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(light.masks, whole.masks)
+
+
+def test_slice_changed_after_indexing_to_another_size_is_refused(
+    kaggle_3m: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / KAGGLE_PATIENT
+    shutil.copytree(kaggle_3m / KAGGLE_PATIENT, folder)
+    rows = _rows(tmp_path, KAGGLE_PATIENT)  # indexed first (the index refuses such a slice)
+    tifffile.imwrite(folder / f"{KAGGLE_PATIENT}_5.tif", np.ones((128, 128, 3), np.uint8) * 50,
+                     photometric="rgb")  # fmt: skip
+    tifffile.imwrite(folder / f"{KAGGLE_PATIENT}_5_mask.tif", np.zeros((128, 128), np.uint8))
+    for flair_only in (False, True):
+        with pytest.raises(ArchiveError, match="differ in size") as info:
+            load_patient(rows, flair_only=flair_only)
+        assert info.value.path.endswith(f"{KAGGLE_PATIENT}_5.tif")
+
+
 def test_load_patient_rejects_rows_of_two_patients(kaggle_3m: Path) -> None:
     table = build_index(kaggle_3m).table
     with pytest.raises(ValueError, match="one patient"):

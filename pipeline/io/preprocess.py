@@ -63,6 +63,11 @@ class PreprocessConfig:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
 
+    @property
+    def reads_flair_only(self) -> bool:
+        """Whether the model's inputs come from FLAIR alone (the "flair" and "flair25d" modes)."""
+        return self.input_mode in ("flair", "flair25d")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
         return asdict(self)
@@ -306,7 +311,7 @@ def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 def _native_planes(x: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """The channels `config` uses, normalised, at native size: FLAIR alone for the FLAIR modes
     (normalisation is per channel, so the unused channels need no work)."""
-    if config.input_mode in ("flair", "flair25d"):
+    if config.reads_flair_only:
         x = x[..., 1:2]
     if config.normalize == "volume" and len(x):
         x = normalize_volume(x)
@@ -330,7 +335,7 @@ def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tup
     for config in configs:
         if x.ndim != 4 or x.shape[-1] != config.channels:
             raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
-        key = (config.input_mode in ("flair", "flair25d"), config.normalize)
+        key = (config.reads_flair_only, config.normalize)
         if key not in native:
             native[key] = _native_planes(x, config)
         small = resize_image(native[key], config.image_size)

@@ -219,26 +219,30 @@ def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
     return str(patients[0]), str(formats[0])
 
 
-def _load_kaggle(patient: str, rows: pd.DataFrame, limits: Limits) -> PatientSlices:
-    images, masks = [], []
-    for row in rows.itertuples(index=False):
+def _load_kaggle(
+    patient: str, rows: pd.DataFrame, limits: Limits, flair_only: bool = False
+) -> PatientSlices:
+    stacked: np.ndarray | None = None
+    masks = []
+    for i, row in enumerate(rows.itertuples(index=False)):
         pixels = read_kaggle_image(str(row.image_path), limits)
-        images.append(pixels)
+        if stacked is None:  # one uint8 block filled in place: no list of slices beside it
+            stacked = np.empty((len(rows), *pixels.shape[: 2 if flair_only else 3]), np.uint8)
+        elif pixels.shape[:2] != stacked.shape[1:3]:
+            sizes = sorted({pixels.shape[:2], stacked.shape[1:3]})
+            raise ArchiveError(str(row.image_path), f"slices of one patient differ in size {sizes}")
+        stacked[i] = pixels[..., 1] if flair_only else pixels
         if row.has_mask and row.mask_path:
             masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2], limits))
         else:
             masks.append(np.zeros(pixels.shape[:2], dtype=bool))
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ArchiveError(
-            rows["image_path"].iloc[0], f"slices of one patient differ in size {sorted(shapes)}"
-        )
-    stacked = np.stack(images)
-    del images
+    assert stacked is not None, "rows checked non-empty by _one_patient"
     check_values(stacked, str(rows["source"].iloc[0]) if "source" in rows else patient)
     pixels01 = stacked.astype(np.float32)
     del stacked
     np.divide(pixels01, np.float32(255.0), out=pixels01)  # in place: no second float copy
+    if flair_only:  # a read-only view: every channel shows FLAIR, which alone takes memory
+        pixels01 = np.broadcast_to(pixels01[..., None], (*pixels01.shape, 3))
     has_mask = rows["has_mask"].to_numpy(dtype=bool)
     return PatientSlices(
         patient=patient,
@@ -300,7 +304,11 @@ def _load_dicom(
 
 
 def load_patient(
-    rows: pd.DataFrame, config: PreprocessConfig | None = None, limits: Limits = DEFAULT_LIMITS
+    rows: pd.DataFrame,
+    config: PreprocessConfig | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    flair_only: bool = False,
 ) -> PatientSlices:
     """Load every slice listed in one patient's index rows.
 
@@ -309,6 +317,10 @@ def load_patient(
         config: NIfTI intensity percentiles (defaults if None); Kaggle pixels are uint8 / 255.
         limits: the size limits the index applied (checked again: each header, and the memory
             the patient's slices take decoded, from the rows' heights and widths, before any).
+        flair_only: Kaggle slices keep FLAIR's pixels alone, for models that read FLAIR alone
+            (`PreprocessConfig.reads_flair_only`): `images` is then a read-only view whose three
+            channels all show FLAIR (as in the set's FLAIR-only patients), a third of the memory.
+            NIfTI and DICOM cases are read whole either way.
 
     Returns:
         The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
@@ -323,7 +335,7 @@ def load_patient(
     check_patient_size(pixels, len(rows), str(rows["source"].iloc[0]), limits)
     ordered = rows.sort_values("slice", kind="stable")
     if fmt == "kaggle":
-        return _load_kaggle(patient, ordered, limits)
+        return _load_kaggle(patient, ordered, limits, flair_only)
     if fmt == "nifti":
         return _load_nifti(patient, ordered, config, limits)
     if fmt == "dicom":

@@ -239,7 +239,9 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
 
     start = time.perf_counter()
     clf, seg = models.classifier.preprocess, models.segmenter.preprocess
-    ps = load_patient(rows, clf, settings.limits)
+    # Models that read FLAIR alone never need the other channels' pixels in memory.
+    flair_only = clf.reads_flair_only and seg.reads_flair_only
+    ps = load_patient(rows, clf, settings.limits, flair_only=flair_only)
     if seg == clf:
         x, xs = model_inputs(ps.images, (clf,))[0], None
     else:  # one normalisation for both models when they normalise alike
