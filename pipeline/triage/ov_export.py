@@ -117,23 +117,11 @@ def _quantize(
             max_num_iterations=INT8_MAX_REVERTS, num_ranking_workers=1
         ),
     )
-    with_int8 = _fake_quantize_count(quantized)
     return quantized, {
         "max_drop": INT8_MAX_DROP[kind],
         "metric": "mask Dice" if kind == "segmenter" else "1 - mean |dP(tumour)|",
-        "agreement": round(validate(_ov_core_compile(quantized), items)[0], 6),
-        "int8_quantisers": with_int8,
+        "int8_quantisers": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()),
     }
-
-
-def _fake_quantize_count(ov_model: Any) -> int:
-    return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
-
-
-def _ov_core_compile(ov_model: Any) -> Any:
-    from pipeline.triage.runtime import _ov_core, compile_config
-
-    return _ov_core().compile_model(ov_model, "CPU", compile_config("int8"))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,15 +213,13 @@ def export_model(
     if not todo:
         return rows
     ref = lm.model.predict(slices.parity, batch_size=batch, verbose=0).astype(np.float32)
-    cal_ref: np.ndarray | None = None
     with tempfile.TemporaryDirectory() as tmp:
         base = converter(lm.model, Path(tmp))
         for p in todo:
             start = time.perf_counter()
             control: dict[str, Any] = {}
             if p == "int8":
-                if cal_ref is None:  # TF fp32 on the calibration slices, once
-                    cal_ref = lm.model.predict(slices.calibration, batch_size=batch, verbose=0)
+                cal_ref = lm.model.predict(slices.calibration, batch_size=batch, verbose=0)
                 ov_model, control = _quantize(base, slices.calibration, cal_ref, lm.kind, batch)
             else:
                 ov_model = base
