@@ -42,6 +42,7 @@ RECIPE_OPTIONS = (
     "precision",
     "patience",
     "min_sensitivity",
+    "gate_context",
 )
 
 

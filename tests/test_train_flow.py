@@ -43,6 +43,7 @@ def trained(
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(tmp / "artifacts"))
         clf = ["--backbone", "vgg16", "--weights", "none", "--save", str(tmp / "clf")]
+        clf += ["--gate-context", "1"]  # the operating point is chosen for a gate looking along z
         clf += ["--pretrain-epochs", str(PRETRAIN_EPOCHS)]  # the encoder learns the masks first
         rc_clf = main(["train", "classifier", "--archive", str(archive), *clf, *COMMON])
         rc_seg = main(["train", "segmenter", "--archive", str(archive), *COMMON, "--lr", "1e-3"])
@@ -117,6 +118,7 @@ def test_test_metrics_and_operating_point(trained: dict[str, Any]) -> None:
         assert 0.0 <= clf[key] <= 1.0, key
     assert clf["test_tp"] + clf["test_fn"] > 0 and 0.0 <= clf["operating_point"] <= 1.0 + 1e-6
     assert clf["best_val_operating_point_sensitivity"] >= 0.98
+    assert 0.0 <= clf["test_normal_fraction_at_operating_point"] <= 1.0
     seg = _run(trained, "segmenter")["metrics"]
     for key in ("test_dice_patient_mean", "test_iou_slice_mean", "test_all_dice_slice_mean"):
         assert 0.0 <= seg[key] <= 1.0, key
@@ -134,6 +136,7 @@ def test_registered_champions_load_and_predict(trained: dict[str, Any]) -> None:
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert seg.kind == "segmenter" and seg.model.predict(x, verbose=0).shape == (2, 64, 64, 1)
     local = tracking.load_model(str(trained["tmp"] / "clf.keras"))
+    assert int(float(local.info["gate_context"])) == 1  # triage routes with the same context
     assert local.info["version"] == "mri-triage-classifier/1"
     np.testing.assert_allclose(local.model.predict(x, verbose=0), probs, atol=1e-5)
 

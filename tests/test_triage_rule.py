@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from pipeline.triage.rule import (
+    MAX_GATE_CONTEXT,
     ROUTE_NORMAL,
     ROUTE_SEGMENTED,
+    context_p_normal,
     final_labels,
+    resolve_gate_context,
     route_names,
     route_slices,
     uncertainty,
@@ -71,3 +74,44 @@ def test_uncertainty() -> None:
     assert uncertainty(np.array([1.0, 0.5])) == 1.0
     assert uncertainty(np.array([0.9, 0.95])) == pytest.approx(0.2)
     assert uncertainty(np.array([])) == 0.0
+
+
+def test_context_is_the_least_p_normal_within_reach() -> None:
+    p = np.array([0.9, 0.95, 0.2, 0.99, 0.97, 0.98])
+    np.testing.assert_array_equal(context_p_normal(p, 0), p)
+    np.testing.assert_array_equal(context_p_normal(p, 1), [0.9, 0.2, 0.2, 0.2, 0.97, 0.97])
+    np.testing.assert_array_equal(context_p_normal(p, 2), [0.2, 0.2, 0.2, 0.2, 0.2, 0.97])
+    assert context_p_normal(p, 8).tolist() == [0.2] * 6  # a reach past the ends is the minimum
+    # Routing on it flags the slices next to a flagged slice, and no others.
+    flagged = route_slices(context_p_normal(p, 1), 0.96)
+    assert flagged.tolist() == [True, True, True, True, False, False]
+
+
+def test_context_stays_inside_each_patient() -> None:
+    p = np.array([0.99, 0.99, 0.1, 0.99, 0.99, 0.99])
+    groups = ["a", "a", "a", "b", "b", "b"]
+    np.testing.assert_array_equal(
+        context_p_normal(p, 1, groups), [0.99, 0.1, 0.1, 0.99, 0.99, 0.99]
+    )
+    with pytest.raises(ValueError, match="groups"):
+        context_p_normal(p, 1, groups[:5])
+
+
+def test_context_keeps_nan_flagged() -> None:
+    p = np.array([0.99, float("nan"), 0.99, 0.99, 0.99])
+    flagged = route_slices(context_p_normal(p, 1), 0.5)
+    assert flagged.tolist() == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, MAX_GATE_CONTEXT + 1, True])
+def test_context_reach_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="gate context"):
+        context_p_normal(np.array([0.5, 0.5]), bad)  # type: ignore[arg-type]
+
+
+def test_gate_context_resolution() -> None:
+    assert resolve_gate_context(None, None) == (0, "default: none logged with the classifier")
+    assert resolve_gate_context(None, {"gate_context": "2"}) == (2, "classifier operating point")
+    assert resolve_gate_context(0, {"gate_context": 2}) == (0, "--gate-context")
+    with pytest.raises(ValueError):
+        resolve_gate_context(None, {"gate_context": 99})

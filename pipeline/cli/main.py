@@ -326,6 +326,14 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         default=None,
         help=f"validation slice sensitivity the operating point keeps (default {MIN_SENSITIVITY})",
     )
+    t.add_argument(
+        "--gate-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="classifier: choose the operating point for a gate that also looks N slices either "
+        "side (default 0, or the preset's)",
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -380,6 +388,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--no-tta", action="store_true", help="no mirror averaging of the segmenter (default: on)"
+    )
+    p.add_argument(
+        "--gate-context",
+        type=int,
+        metavar="N",
+        help="gate z context: the folds' classifiers choose their operating points with it and "
+        "triage uses it (default: the preset's when training, else each classifier's logged one)",
     )
     _handler(p, "pipeline.learn.evaluate:cli_evaluate")
 
@@ -475,6 +490,14 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="segment each flagged slice once, without averaging it with its left-right mirror "
         "(the default mirror averaging costs 2x segmenter work; +0.02 per-patient Dice measured)",
+    )
+    p.add_argument(
+        "--gate-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a slice is normal only when the slices within N of it are too (default: the N the "
+        "classifier's operating point was chosen with; 0 routes each slice on its own)",
     )
     p.add_argument("--batch", type=int, default=d.batch, help="slices per model call")
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS)

@@ -179,11 +179,12 @@ def triage_held_out(
     A patient whose triage fails counts with Dice 0 and its tumour not found (never dropped).
     """
     from pipeline.triage.inference import TriageSettings, load_triage_models, triage_patient
-    from pipeline.triage.rule import resolve_threshold
+    from pipeline.triage.rule import resolve_gate_context, resolve_threshold
 
     models = load_triage_models(classifier, segmenter, 16, "float32")
     thr, source = resolve_threshold(threshold, models.classifier.info)
     settings = TriageSettings(threshold=thr, **dict(options or {}))
+    reach = resolve_gate_context(settings.gate_context, models.classifier.info)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     evals, failed, started = [], 0, time.perf_counter()
     for patient in patients:
@@ -214,6 +215,7 @@ def triage_held_out(
     info = {
         "threshold": thr,
         "threshold_source": source,
+        "gate_context": reach,
         "failed_patients": failed,
         "triage_seconds": time.perf_counter() - started,
         "temperature": model_temperature(models.classifier.info),
@@ -389,13 +391,16 @@ TABLE_COLUMNS = (
 
 def format_table(result: Mapping[str, Any]) -> str:
     """Markdown table: one row per fold, then the overall row with 95% intervals."""
-    head = ["fold", "patients", *[label for _, label in TABLE_COLUMNS], "train s", "threshold"]
+    head = ["fold", "patients", *[label for _, label in TABLE_COLUMNS], "train s"]
+    head.append("threshold (± z context)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["folds"]:
         cells = [str(row["fold"]), str(int(row["patients"]))]
         cells += [f"{row[k]:.3f}" for k, _ in TABLE_COLUMNS]
         train_s = row.get("classifier_s", 0.0) + row.get("segmenter_s", 0.0)
-        cells += [f"{train_s:.0f}" if train_s else "-", f"{row['threshold']:.4g}"]
+        reach = int(row.get("gate_context", 0) or 0)
+        gate = f"{row['threshold']:.4g}" + (f" ±{reach}" if reach else "")
+        cells += [f"{train_s:.0f}" if train_s else "-", gate]
         lines.append("| " + " | ".join(cells) + " |")
     o = result["overall"]
     cells = ["all", str(int(o["patients"]))]
@@ -410,8 +415,11 @@ def cli_evaluate(args: Any) -> int:
 
     from pipeline.learn.training import TrainingDataError
 
-    def stage_options(size: int | None, epochs: int | None) -> dict[str, Any]:
-        return {k: v for k, v in (("image_size", size), ("epochs", epochs)) if v is not None}
+    def stage_options(size: int | None, epochs: int | None, **more: Any) -> dict[str, Any]:
+        given = {"image_size": size, "epochs": epochs, **more}
+        return {k: v for k, v in given.items() if v is not None}
+
+    context = getattr(args, "gate_context", None)
 
     config = EvalConfig(
         archive=str(Path(args.archive).absolute()),
@@ -428,7 +436,9 @@ def cli_evaluate(args: Any) -> int:
         classifier=args.classifier,
         segmenter=args.segmenter,
         n_boot=args.n_boot,
-        classifier_options=stage_options(args.classifier_size, args.classifier_epochs),
+        classifier_options=stage_options(
+            args.classifier_size, args.classifier_epochs, gate_context=context
+        ),
         segmenter_options=stage_options(args.segmenter_size, args.segmenter_epochs),
         triage_options={
             k: v
@@ -436,6 +446,7 @@ def cli_evaluate(args: Any) -> int:
                 ("lone_slice_area", args.lone_slice_area),
                 ("min_volume", args.min_volume),
                 ("tta", False if args.no_tta else None),
+                ("gate_context", context),
             )
             if v is not None
         },

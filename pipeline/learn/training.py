@@ -36,7 +36,7 @@ from pipeline.learn.datasets import (
     split_hash,
 )
 from pipeline.learn.recipes import preset_values
-from pipeline.triage import calibration, metrics
+from pipeline.triage import calibration, metrics, rule
 
 MODELS = {"classifier": ("resnet50", "vgg16"), "segmenter": ("resunet", "resunet_pp")}
 DEFAULT_EPOCHS = {"classifier": 15, "segmenter": 30}
@@ -75,6 +75,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     triage_threshold: float = metrics.TRIAGE_THRESHOLD
     min_sensitivity: float = metrics.MIN_SENSITIVITY
+    gate_context: int = 0
     save: str | None = None
     preset: str = "none"
     optimizer: str = "adam"
@@ -133,6 +134,9 @@ class TrainConfig:
             raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
         recipe_fit.check_recipe(self)
         self.preprocess  # noqa: B018 - validates input_mode and normalize
+        rule.check_gate_context(self.gate_context)
+        if self.gate_context and self.stage != "classifier":
+            raise ValueError("gate_context is the classifier's (its operating point's z context)")
         if self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
             raise ValueError(
                 f"need pretrain_epochs >= 0 and pretrain_lr > 0, got {self.pretrain_epochs}, "
@@ -299,7 +303,9 @@ def evaluate_classifier(
     raw_val = _predict(model, val, config)[:, 1]
     temperature = calibration.fit_temperature(val.labels, raw_val) if config.calibrate else 1.0
     p_val = calibration.apply_temperature(raw_val, temperature)
-    op = metrics.operating_point(val.labels, 1.0 - p_val, config.min_sensitivity)
+    # The gate's own input: each slice's least P(normal) within its z context (same patient).
+    gate_val = rule.context_p_normal(1.0 - p_val, config.gate_context, val.patients)
+    op = metrics.operating_point(val.labels, gate_val, config.min_sensitivity)
     val_m = metrics.classification_metrics(
         val.labels, p_val, triage_threshold=config.triage_threshold
     )
@@ -311,8 +317,12 @@ def evaluate_classifier(
     test_m = metrics.classification_metrics(
         test.labels, p_test, triage_threshold=config.triage_threshold
     )
+    gate_test = rule.context_p_normal(1.0 - p_test, config.gate_context, test.patients)
     test_m["sensitivity_at_operating_point"] = metrics.triage_sensitivity(
-        test.labels, 1.0 - p_test, op["threshold"]
+        test.labels, gate_test, op["threshold"]
+    )
+    test_m["normal_fraction_at_operating_point"] = (
+        float(np.mean(gate_test >= op["threshold"])) if gate_test.size else float("nan")
     )
     fpr, tpr, _ = metrics.roc_curve(test.labels, p_test)
     rel = metrics.reliability(test.labels, p_test)
@@ -474,6 +484,7 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
                 operating_point=val_m["operating_point"],
                 triage_threshold=config.triage_threshold,
                 min_sensitivity=config.min_sensitivity,
+                gate_context=config.gate_context,
                 temperature=val_m["temperature"],
             )
         info["preset"] = config.preset

@@ -31,7 +31,7 @@ from pipeline.triage.postprocess import remove_isolated_3d, remove_small_compone
 from pipeline.triage.postprocess import threshold_probabilities as binarise
 from pipeline.triage.predictor import BatchPredictor
 from pipeline.triage.records import CHANGED, DONE, FAILED, NEW, SKIPPED, PatientResult, TruthMetrics
-from pipeline.triage.rule import route_slices
+from pipeline.triage.rule import context_p_normal, resolve_gate_context, route_slices
 from pipeline.triage.settings import DEFAULT_CLASSIFIER, DEFAULT_SEGMENTER, TriageSettings
 
 #: Pixels of the slice size the 3-D post-processing areas are given for (256 x 256).
@@ -267,7 +267,9 @@ def predict_patient(
     # The classifier's validation temperature (1 when none was fitted) gives calibrated P(tumour).
     temperature = model_temperature(models.classifier.info)
     work.p_normal = gate_p_normal(models.classify(work.x)[:, 1], temperature)
-    work.flagged = route_slices(work.p_normal, settings.threshold)
+    # Route on the least P(normal) within the z context the classifier logged (or the run's).
+    reach = resolve_gate_context(settings.gate_context, models.classifier.info)[0]
+    work.flagged = route_slices(context_p_normal(work.p_normal, reach), settings.threshold)
     mid = time.perf_counter()
     if work.flagged.any():
         xs = (work.x if work.xs is None else work.xs)[work.flagged]

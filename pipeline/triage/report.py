@@ -318,7 +318,12 @@ def _since(result: PatientResult) -> str:
 
 def _run_lines(run_info: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Readable `label: value` lines for the top of the worklist (the notice is shown once)."""
-    labels = {"date": "Run date", "archive": "Archive", "threshold_source": "Threshold source"}
+    labels = {
+        "date": "Run date",
+        "archive": "Archive",
+        "threshold_source": "Threshold source",
+        "gate_context": "Gate context (slices either side)",
+    }
     lines: list[tuple[str, str]] = []
     for key, value in run_info.items():
         if key == "notice":

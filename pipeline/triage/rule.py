@@ -3,6 +3,13 @@
 Pure functions over arrays; no I/O, no models. A slice is *normal* when the classifier is at least
 `threshold` sure of it (P(normal) ≥ threshold); everything else — positive or uncertain — is sent to
 the segmenter, and a segmented slice whose post-processed mask is empty is normal after all.
+
+With a *gate context* of r slices, a slice is normal only when it and every slice within r of it
+along z (same patient) are: the gate routes on `context_p_normal`, the least P(normal) in that
+window. A tumour spans adjacent slices and the classifier's misses are mostly its thin end slices,
+which lie next to slices it does flag; tumour-free slices far from any tumour stay normal. The
+operating point is chosen on validation patients with the same context (`pipeline.learn.training`),
+and the context is logged with it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import numpy as np
 ROUTE_NORMAL = "normal"
 ROUTE_SEGMENTED = "segmented"
 DEFAULT_THRESHOLD = 0.99
+#: Largest gate context (slices either side) a model or a run may ask for.
+MAX_GATE_CONTEXT = 8
 
 
 def check_threshold(threshold: float) -> float:
@@ -20,6 +29,71 @@ def check_threshold(threshold: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     return value
+
+
+def check_gate_context(reach: int) -> int:
+    """Return `reach` as an int, or raise `ValueError` unless it is in [0, MAX_GATE_CONTEXT]."""
+    if isinstance(reach, bool) or int(reach) != reach or not 0 <= reach <= MAX_GATE_CONTEXT:
+        raise ValueError(
+            f"gate context must be an integer in [0, {MAX_GATE_CONTEXT}], got {reach!r}"
+        )
+    return int(reach)
+
+
+def context_p_normal(
+    p_normal: np.ndarray, reach: int = 0, groups: np.ndarray | list | None = None
+) -> np.ndarray:
+    """P(normal) of each slice's neighbourhood: the least over the slices within `reach` along z.
+
+    Args:
+        p_normal: `(N,)` P(normal) per slice, each patient's slices in z order.
+        reach: slices either side of a slice that count (0 returns `p_normal` as float64).
+        groups: `(N,)` patient key per slice when `p_normal` holds several patients (a window
+            never crosses into another patient's slices); None = one patient.
+
+    Returns:
+        `(N,)` float64. A NaN (a failed prediction) makes its whole window NaN, which
+        `route_slices` never calls normal.
+    """
+    reach = check_gate_context(reach)
+    p = np.array(p_normal, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_normal must be 1-D (one value per slice), got shape {p.shape}")
+    if reach == 0 or p.size < 2:
+        return p
+    if groups is None:
+        starts = np.array([0])
+    else:
+        g = np.asarray(groups)
+        if g.shape != p.shape:
+            raise ValueError(f"groups has shape {g.shape}, p_normal {p.shape}")
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    out = p.copy()
+    for a, b in zip(starts, np.r_[starts[1:], p.size], strict=True):
+        seg, win = p[a:b], out[a:b]  # np.minimum keeps NaN
+        for r in range(1, min(reach, b - a - 1) + 1):
+            win[r:] = np.minimum(win[r:], seg[:-r])
+            win[:-r] = np.minimum(win[:-r], seg[r:])
+    return out
+
+
+def resolve_gate_context(explicit: int | None, classifier_info: dict | None) -> tuple[int, str]:
+    """The gate context of a run and where it came from.
+
+    Args:
+        explicit: `--gate-context` as given, or None.
+        classifier_info: the loaded classifier's logged config (`LoadedModel.info`).
+
+    Returns:
+        `(reach, source)`: the explicit value, else the context the classifier's operating point
+        was chosen with, else 0 (a classifier logged before gate contexts existed).
+    """
+    if explicit is not None:
+        return check_gate_context(explicit), "--gate-context"
+    logged = (classifier_info or {}).get("gate_context")
+    if logged is None or logged == "":
+        return 0, "default: none logged with the classifier"
+    return check_gate_context(int(float(logged))), "classifier operating point"
 
 
 def route_slices(p_normal: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:

@@ -26,7 +26,7 @@ from pipeline.triage.preflight import check_run_paths
 from pipeline.triage.progress import Progress
 from pipeline.triage.records import DONE, FAILED, PatientResult, RunSummary
 from pipeline.triage.report import DISCLAIMER, write_run_reports
-from pipeline.triage.rule import bypass_warning, resolve_threshold
+from pipeline.triage.rule import bypass_warning, resolve_gate_context, resolve_threshold
 from pipeline.triage.settings import RunOptions, TriageSettings
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class RunResult:
     threshold: float
     threshold_source: str
     warnings: list[str] = field(default_factory=list)
+    gate_context: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON: the fields, with the summary as `metrics` (`RunSummary.metrics()`)."""
@@ -194,7 +195,10 @@ def run_triage(
         ov_precision=o.ov_precision, limits=o.limits, prefetch=o.prefetch, xla=o.xla,
         **o.postprocess,
     )  # fmt: skip
+    reach, reach_source = resolve_gate_context(settings.gate_context, models.classifier.info)
     log.info("threshold P(normal) >= %.4g (%s)", threshold, source)
+    if reach:  # a slice is normal only when its neighbours within `reach` are too
+        log.info("gate context: %d slice(s) either side (%s)", reach, reach_source)
     with manifest.output_lock(out_dir):
         manifest.clean_staging(out_dir)
         index = build_index(archive, o.series_pattern, o.limits)
@@ -232,6 +236,7 @@ def run_triage(
             "archive": Path(archive).resolve().name,
             "threshold": threshold,
             "threshold_source": source,
+            "gate_context": reach,
             "models": models.versions(),
             "notice": DISCLAIMER,
         }
@@ -251,6 +256,7 @@ def run_triage(
         from pipeline.tracking import log_triage_run
 
         params = _mlflow_params(o, models, threshold, source, index.table)
+        params["gate_context"] = reach
         shared = own_outputs(records) if o.log_outputs else []  # patient-keyed files: opt-in
         track = track_fn or log_triage_run
         run_id = track(params, summary.metrics(), out_dir, include=shared, started=began)
@@ -264,4 +270,5 @@ def run_triage(
         threshold=threshold,
         threshold_source=source,
         warnings=warnings,
+        gate_context=reach,
     )

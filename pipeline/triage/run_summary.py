@@ -29,7 +29,12 @@ def worklist_markdown(result: RunResult) -> str:
         "# mri-triage run",
         "",
         f"Slices are segmented when P(tumour) > {1.0 - result.threshold:.4g} "
-        f"({result.threshold_source}).",
+        f"({result.threshold_source})"
+        + (
+            f" on the slice or on one within {result.gate_context} of it."
+            if result.gate_context
+            else "."
+        ),
         "",
         "| | |",
         "|---|---|",

@@ -18,7 +18,7 @@ from pipeline.triage.postprocess import (
     DEFAULT_MIN_COMPONENT,
     DEFAULT_MIN_VOLUME,
 )
-from pipeline.triage.rule import DEFAULT_THRESHOLD, check_threshold
+from pipeline.triage.rule import DEFAULT_THRESHOLD, check_gate_context, check_threshold
 
 if TYPE_CHECKING:
     from pipeline.triage.inference import TriageModels
@@ -61,6 +61,9 @@ class TriageSettings:
             each patient start to finish in turn.
         xla: compile the TF models with XLA, one of `XLA_CHOICES`; "auto" = on a GPU only (with
             `precision="auto"` a GPU also gets `mixed_float16`: `models.precision.inference_plan`).
+        gate_context: slices either side whose P(normal) also counts for a slice's routing
+            (`pipeline.triage.rule.context_p_normal`); None = the context the classifier's
+            operating point was chosen with (0 for a classifier that logged none).
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -76,9 +79,12 @@ class TriageSettings:
     limits: Limits = DEFAULT_LIMITS
     prefetch: int = 1
     xla: str = "auto"
+    gate_context: int | None = None
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
+        if self.gate_context is not None:
+            check_gate_context(self.gate_context)
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.xla not in XLA_CHOICES:
@@ -103,14 +109,20 @@ class TriageSettings:
         )  # fmt: skip
 
     def key_part(self) -> dict[str, Any]:
-        """Settings that change outputs (batch and montage size only change speed and looks)."""
-        return {
+        """Settings that change outputs (batch and montage size only change speed and looks).
+
+        A gate context left to the classifier is not named: the model's version already is.
+        """
+        key = {
             "threshold": self.threshold,
             "min_component": self.min_component,
             "lone_slice_area": self.lone_slice_area,
             "min_volume": self.min_volume,
             "tta": self.tta,
         }
+        if self.gate_context is not None:
+            key["gate_context"] = self.gate_context
+        return key
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,8 @@ class RunOptions:
         log_outputs: also upload the patient-keyed reports and masks to that run.
         series_pattern: DICOM FLAIR series rule (`build_index`).
         key_map: DICOM: also write the pseudonym map into the output folder.
-        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`).
+        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`,
+            `gate_context`).
         log_patient_ids: name patients by their keys in the run's log lines and Prefect task run
             names (opt-in: patient keys are identifiers); otherwise they are named by their
             position in the run (`patient 3/10`).
