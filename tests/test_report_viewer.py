@@ -19,7 +19,13 @@ from pipeline.io.synthetic import write_synthetic_archive
 from pipeline.triage.records import PatientResult, SliceRecord
 from pipeline.triage.report import render_index_html, render_patient_html
 from pipeline.triage.run import RunOptions, run_triage, serial_map
-from pipeline.triage.viewer import outline_polygons, review_lists, viewer_data
+from pipeline.triage.viewer import (
+    gray_u8,
+    outline_polygons,
+    review_lists,
+    thumbnail,
+    viewer_data,
+)
 
 HOSTILE = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
 
@@ -135,3 +141,17 @@ def test_pages_load_in_headless_chromium_without_console_errors(run_out: Path) -
             assert re.search(r'id="v-caption"[^>]*>slice \d', done.stdout)
             assert re.search(r'/report\.html">(\u2190 previous|next) patient', done.stdout)
             assert "archive a" in done.stdout  # run details from worklist.js
+
+
+def test_grey_levels_kept_for_the_writer_draw_the_same_pages() -> None:
+    """Triage keeps FLAIR as uint8 grey levels for its writer: same images as from floats."""
+    rng = np.random.default_rng(3)
+    flair = rng.random((4, 20, 24), dtype=np.float32)
+    flair[0, 0, :3] = [np.nan, -0.5, 1.5]  # out-of-range and NaN pixels clip as before
+    grey = gray_u8(flair)
+    assert grey.dtype == np.uint8 and gray_u8(grey) is grey
+    expected = np.clip(np.nan_to_num(flair) * 255.0, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(grey, expected)
+    pred = np.zeros(flair.shape, bool)
+    pred[1, 5:9, 5:9] = True
+    assert thumbnail(grey[1], pred[1]) == thumbnail(flair[1], pred[1])

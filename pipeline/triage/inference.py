@@ -212,8 +212,9 @@ class PatientWork:
         key: manifest key of this work; change: `NEW` or `CHANGED` (`start_patient`).
         p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
         prob: segmenter P(tumour) of the flagged slices at model size `(F, S, S, 1)`.
-        flair: `(N, H, W)` float32 FLAIR at native size, all the writer needs of the pixels
-            (`ps.images` keeps no channels once the model inputs are made).
+        flair: `(N, H, W)` uint8 FLAIR grey levels at native size (`viewer.gray_u8`), all the
+            writer needs of the pixels (`ps.images` keeps no channels once the model inputs are
+            made).
     """
 
     ps: Any
@@ -246,9 +247,10 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
         x, xs = model_inputs(ps.images, (clf,))[0], None
     else:  # one normalisation for both models when they normalise alike
         x, xs = model_inputs(ps.images, (clf, seg))
-    # The writer needs FLAIR alone (viewer, thumbnail): keep it and let the other channels go, so
-    # a patient waiting in the read-ahead queue or for its writer holds a third of its pixels.
-    flair = np.ascontiguousarray(ps.images[..., 1])
+    # The writer needs FLAIR alone, as display grey levels (viewer, thumbnail): keep those and let
+    # the float pixels go, so a patient waiting for its models or its writer holds a quarter of
+    # one channel.
+    flair = viewer.gray_u8(ps.images[..., 1])
     ps = replace(ps, images=np.empty((*ps.images.shape[:3], 0), np.float32))
     return PatientWork(ps, x, xs, {"load": time.perf_counter() - start}, flair=flair)
 

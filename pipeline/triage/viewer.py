@@ -26,7 +26,15 @@ THUMB_NAME = "thumb.jpg"
 _RED, _CYAN = (48, 48, 255), (255, 220, 0)  # BGR
 
 
-def _gray_u8(flair: np.ndarray) -> np.ndarray:
+def gray_u8(flair: np.ndarray) -> np.ndarray:
+    """FLAIR in [0, 1] (any shape) as display grey levels; uint8 input is already that."""
+    if flair.dtype == np.uint8:
+        return flair
+    if flair.ndim == 3:  # a stack: a slice at a time, no float temporaries of the whole stack
+        out = np.empty(flair.shape, np.uint8)
+        for i in range(len(flair)):
+            out[i] = gray_u8(flair[i])
+        return out
     g = np.nan_to_num(np.asarray(flair, dtype=np.float32)) * 255.0
     return np.clip(g, 0, 255).astype(np.uint8)
 
@@ -66,7 +74,7 @@ def viewer_data(
     """Everything the slice viewer draws, one entry per slice.
 
     Args:
-        flair: `(n, H, W)` float in [0, 1].
+        flair: `(n, H, W)` float in [0, 1], or its grey levels (uint8, `gray_u8`).
         pred: `(n, H, W)` bool, the predicted mask on the native grid.
         gt: `(n, H, W)` bool ground truth, or None when the archive has no masks.
         records: the report's slice records (`pipeline.triage.report.slice_records`).
@@ -78,7 +86,7 @@ def viewer_data(
         and `slices`: `SliceRecord.to_dict()` per slice.
     """
     n, h, w = np.asarray(pred).shape
-    jpegs = [_jpeg(_fit(_gray_u8(flair[i]), max_edge)) for i in range(n)]
+    jpegs = [_jpeg(_fit(gray_u8(flair[i]), max_edge)) for i in range(n)]
     images = [base64.b64encode(b).decode("ascii") for b in jpegs]
     px = [r.mask_pixels for r in records]
     start = int(np.argmax(px)) if any(px) else n // 2
@@ -107,7 +115,7 @@ def review_lists(records: Sequence[SliceRecord]) -> dict[str, list[int]]:
 
 def thumbnail(flair: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None) -> bytes:
     """A small JPEG of one slice with the predicted outline (red) and ground truth (cyan)."""
-    img = cv2.cvtColor(_gray_u8(flair), cv2.COLOR_GRAY2BGR)
+    img = cv2.cvtColor(gray_u8(flair), cv2.COLOR_GRAY2BGR)
     for mask, colour in ((gt, _CYAN), (pred, _RED)):
         if mask is not None and np.asarray(mask).any():
             polys = [np.asarray(p, np.int32).reshape(-1, 1, 2) for p in outline_polygons(mask)]
