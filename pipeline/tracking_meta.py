@@ -109,12 +109,15 @@ def model_card(
         f"{num(info.get('val_score'))}.",
     ]
     if "operating_point" in info:
+        reach = int(info.get("gate_context") or 0)
+        where = f"P(normal) on it and the {reach} slice(s) either side" if reach else "P(normal)"
         lines.append(
-            f"**Operating point**: a slice is normal when P(normal) >= "
+            f"**Operating point**: a slice is normal when {where} >= "
             f"{num(info['operating_point'])} (validation sensitivity "
             f">= {num(info.get('min_sensitivity'))}); temperature {num(info.get('temperature'))}."
         )
-    shown = [k for k in ("roc_auc", "sensitivity_at_operating_point", "dice", "iou") if k in test]
+    keys = ("roc_auc", "sensitivity_at_operating_point", "normal_fraction_at_operating_point")
+    shown = [k for k in (*keys, "dice", "iou") if k in test]
     if shown:
         lines.append("**Test**: " + ", ".join(f"{k} {num(test[k])}" for k in shown) + ".")
     return "\n".join(lines)

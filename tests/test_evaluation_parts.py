@@ -237,3 +237,13 @@ def test_presets_and_precedence() -> None:
         TrainConfig.create("segmenter", "x", "resunet", optimizer="sgd")
     with pytest.raises(ValueError, match="input_mode must be one of"):
         TrainConfig.create("segmenter", "x", "resunet", input_mode="t2")
+
+
+def test_classifier_card_names_its_gate_context() -> None:
+    from pipeline import tracking_meta
+
+    info = {"operating_point": 0.332, "min_sensitivity": 0.99, "gate_context": 2}
+    card = tracking_meta.model_card("classifier", info, {}, {"roc_auc": 0.95}, {})
+    assert "P(normal) on it and the 2 slice(s) either side >= 0.332" in card
+    alone = tracking_meta.model_card("classifier", {"operating_point": 0.9}, {}, {}, {})
+    assert "when P(normal) >= 0.9" in alone
