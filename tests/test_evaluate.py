@@ -97,3 +97,30 @@ def test_no_train_scores_given_models(evaluated: dict[str, Any], tmp_path: Path)
     assert result["overall"]["patients"] == 8
     assert result["folds"][0]["threshold"] == 0.5
     assert main(["evaluate", str(evaluated["archive"]), "--no-train", "--out", str(out)]) == 2
+
+
+def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any]) -> None:
+    fold_dir = evaluated["out"] / "fold-0"
+    recipe = json.loads((fold_dir / "classifier.recipe.json").read_text())
+    assert recipe["recipe"]["split_hash"] and recipe["seconds"] > 0
+    assert not PATIENT_KEY.search(json.dumps(recipe)), "a patient key in the recipe record"
+    clf_bytes = (fold_dir / "classifier.keras").read_bytes()
+    seg_mtime = (fold_dir / "segmenter.keras").stat().st_mtime_ns
+    base = ["evaluate", str(evaluated["archive"]), "--out", str(evaluated["out"])]
+    base += ["--folds", "4", "--fold", "0", "--resume"]
+    changed = list(FAST)  # one segmenter option differs
+    changed[changed.index("--segmenter-epochs") + 1] = "2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{evaluated['tmp'] / 'mlflow.db'}")
+        mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(evaluated["tmp"] / "artifacts"))
+        assert main([*base, *changed]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
+        assert fold["classifier_s"] == pytest.approx(recipe["seconds"])
+        assert (fold_dir / "classifier.keras").read_bytes() == clf_bytes
+        assert (fold_dir / "segmenter.keras").stat().st_mtime_ns != seg_mtime
+        seg = json.loads((fold_dir / "segmenter.recipe.json").read_text())
+        assert seg["recipe"]["options"]["epochs"] == 2
+        assert main([*base, *changed]) == 0  # the same again: nothing to train
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and fold["segmenter_reused"] == 1

@@ -365,6 +365,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=None, help="default: each fold's operating point"
     )
     p.add_argument("--no-train", action="store_true", help="score --classifier/--segmenter instead")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse fold models already in --out that were trained on the same split with the "
+        "same recipe (an interrupted evaluation goes on where it stopped)",
+    )
     p.add_argument("--classifier", help="model URI or .keras file (with --no-train)")
     p.add_argument("--segmenter", help="model URI or .keras file (with --no-train)")
     p.add_argument(

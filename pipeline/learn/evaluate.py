@@ -17,6 +17,7 @@ pseudonyms (`fold-patient number`), never patient keys; the keys stay in the loc
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +29,13 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.io.splits import assign_folds, fold_splits, tumour_patient_set
+from pipeline.learn.datasets import split_hash
 from pipeline.triage import metrics
 from pipeline.triage.calibration import model_temperature
 
 EXPERIMENT = "mri-triage-evaluate"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class EvalConfig:
     classifier_options: Mapping[str, Any] = field(default_factory=dict)
     segmenter_options: Mapping[str, Any] = field(default_factory=dict)
     triage_options: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,15 +228,58 @@ def triage_held_out(
     return evals, info
 
 
+def stage_recipe(
+    config: EvalConfig, plan: Any, stage: str, model: str, options: Mapping[str, Any], data: str
+) -> dict[str, Any]:
+    """What decides a fold model: the data and its split, the stage's model, preset and options.
+
+    Two runs whose recipes are equal train the same model (up to run-to-run noise), so
+    `--resume` may reuse the first one's; anything else (a new split, archive, option) retrains.
+    """
+    return {
+        "stage": stage,
+        "model": model,
+        "preset": config.preset,
+        "seed": config.seed,
+        "folds": config.folds,
+        "weights": config.weights if stage == "classifier" else None,
+        "options": {k: options[k] for k in sorted(options)},
+        "dataset_fingerprint": data,
+        "split_hash": split_hash(plan.splits),
+    }
+
+
+def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | None:
+    """The training seconds of a fold model in `fold_dir` trained with `recipe`, or None."""
+    record = fold_dir / f"{stage}.recipe.json"
+    model = fold_dir / f"{stage}.keras"
+    if not (record.is_file() and model.is_file() and model.with_suffix(".json").is_file()):
+        return None
+    try:
+        saved = json.loads(record.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("recipe") != json.loads(json.dumps(recipe)):
+        return None
+    return float(saved.get("seconds", 0.0))
+
+
 def train_fold(
-    config: EvalConfig, plan: Any, fold_dir: Path, parent_run_id: str
+    config: EvalConfig, plan: Any, fold_dir: Path, parent_run_id: str, data: str = ""
 ) -> tuple[str, str, dict[str, float]]:
     """Train the classifier and the segmenter of one fold (runs nested under the fold's run).
 
+    Each trained model's recipe (`stage_recipe`) is written beside it; with `config.resume`, a
+    stage whose model is already in `fold_dir` with the same recipe is reused, not retrained (an
+    interrupted evaluation goes on where it stopped; a changed segmenter option keeps the
+    classifier). `data` is the archive's fingerprint.
+
     Returns:
-        `(classifier_path, segmenter_path, {"classifier_s", "segmenter_s"})` (local `.keras`
-        files with their sidecars; nothing is registered).
+        `(classifier_path, segmenter_path, {"classifier_s", "segmenter_s", ...})` (local `.keras`
+        files with their sidecars; nothing is registered). A reused stage reports the seconds
+        its model took to train and `{stage}_reused = 1`.
     """
+    from pipeline.io.manifest import atomic_write_text
     from pipeline.learn.training import TrainConfig, train_and_log
 
     paths, seconds = {}, {}
@@ -239,6 +287,13 @@ def train_fold(
         ("classifier", config.backbone, config.classifier_options),
         ("segmenter", config.arch, config.segmenter_options),
     ):
+        recipe = stage_recipe(config, plan, stage, model, options, data)
+        reused = _reusable(fold_dir, stage, recipe) if config.resume else None
+        if reused is not None:
+            log.info("evaluate: reusing the %s in %s (same split and recipe)", stage, fold_dir)
+            paths[stage] = str(fold_dir / f"{stage}.keras")
+            seconds[f"{stage}_s"], seconds[f"{stage}_reused"] = reused, 1.0
+            continue
         extra = {"weights": config.weights} if stage == "classifier" else {}
         train_config = TrainConfig.create(
             stage,
@@ -256,6 +311,10 @@ def train_fold(
         result = train_and_log(train_config, plan)
         seconds[f"{stage}_s"] = time.perf_counter() - started
         paths[stage] = str(result.saved)
+        record = {"recipe": recipe, "seconds": seconds[f"{stage}_s"]}
+        atomic_write_text(
+            fold_dir / f"{stage}.recipe.json", json.dumps(record, indent=1, default=str)
+        )
     return paths["classifier"], paths["segmenter"], seconds
 
 
@@ -336,7 +395,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
                         tumour_patients=tumour_patient_set(table),
                     )
                     plan = plan_from_splits(config.archive, table, splits, skipped)
-                    clf, seg, seconds = train_fold(config, plan, fold_dir, fold_run)
+                    clf, seg, seconds = train_fold(
+                        config, plan, fold_dir, fold_run, params["dataset_fingerprint"]
+                    )
                     extra.update(seconds)
                     test = splits["test"]
                 else:
@@ -400,7 +461,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         train_s = row.get("classifier_s", 0.0) + row.get("segmenter_s", 0.0)
         reach = int(row.get("gate_context", 0) or 0)
         gate = f"{row['threshold']:.4g}" + (f" ±{reach}" if reach else "")
-        cells += [f"{train_s:.0f}" if train_s else "-", gate]
+        reused = any(row.get(f"{stage}_reused") for stage in ("classifier", "segmenter"))
+        spent = (f"{train_s:.0f}" + (" (reused)" if reused else "")) if train_s else "-"
+        cells += [spent, gate]
         lines.append("| " + " | ".join(cells) + " |")
     o = result["overall"]
     cells = ["all", str(int(o["patients"]))]
@@ -450,6 +513,7 @@ def cli_evaluate(args: Any) -> int:
             )
             if v is not None
         },
+        resume=bool(getattr(args, "resume", False)),
     )
     if config.fold is not None and not 0 <= config.fold < config.folds:
         print(f"mri-triage evaluate: --fold must be in 0..{config.folds - 1}", file=sys.stderr)
