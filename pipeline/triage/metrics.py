@@ -318,24 +318,27 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
         return 0.0
     if not t.any() or not p.any():
         return float("nan")
-    sp = tuple(1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing)
-    # Only the box around both masks (plus one background voxel) matters: every surface voxel is
-    # in it, the distance transform is exact Euclidean whatever the array's extent, and the
-    # erosion sees the same neighbours. Same result, ~10-50x less work than the whole volume
-    # (on a whole LGG patient this took longer than both models together).
+    sp = [1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing]
+    # Only the box around both masks (plus one background voxel) matters for the surfaces: the
+    # erosion sees the same neighbours there as in the whole volume. The surface-to-surface
+    # distances are exact Euclidean nearest-neighbour queries (scipy's k-d tree) between the two
+    # surfaces' voxel centres in `spacing` units: the same figures as distance transforms of the
+    # box, ~10x faster when a prediction is scattered over a large box (on a whole LGG patient
+    # the transforms took longer than both models together).
+    from scipy.spatial import cKDTree
+
     from pipeline.triage.postprocess import bounding_box
 
     box = bounding_box(t | p, margin=1)
     t, p = t[box], p[box]
 
     def surface(m: np.ndarray) -> np.ndarray:
-        return m & ~ndimage.binary_erosion(m, border_value=0)
+        return np.argwhere(m & ~ndimage.binary_erosion(m, border_value=0)) * np.asarray(sp)
 
     st, spr = surface(t), surface(p)
-    d_to_t = ndimage.distance_transform_edt(~st, sampling=sp)
-    d_to_p = ndimage.distance_transform_edt(~spr, sampling=sp)
-    dists = np.concatenate([d_to_t[spr], d_to_p[st]])
-    return float(np.percentile(dists, 95))
+    to_t, _ = cKDTree(st).query(spr)
+    to_p, _ = cKDTree(spr).query(st)
+    return float(np.percentile(np.concatenate([to_t, to_p]), 95))
 
 
 def bootstrap_ci(
