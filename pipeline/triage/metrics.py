@@ -319,21 +319,22 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
     if not t.any() or not p.any():
         return float("nan")
     sp = [1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing]
-    # Only the box around both masks (plus one background voxel) matters for the surfaces: the
+    # A mask's surface depends only on the box around it (plus one background voxel): the
     # erosion sees the same neighbours there as in the whole volume. The surface-to-surface
     # distances are exact Euclidean nearest-neighbour queries (scipy's k-d tree) between the two
     # surfaces' voxel centres in `spacing` units: the same figures as distance transforms of the
-    # box, ~10x faster when a prediction is scattered over a large box (on a whole LGG patient
-    # the transforms took longer than both models together).
+    # volume, at a fraction of the work (on a whole LGG patient the transforms took longer than
+    # both models together).
     from scipy.spatial import cKDTree
 
     from pipeline.triage.postprocess import bounding_box
 
-    box = bounding_box(t | p, margin=1)
-    t, p = t[box], p[box]
-
     def surface(m: np.ndarray) -> np.ndarray:
-        return np.argwhere(m & ~ndimage.binary_erosion(m, border_value=0)) * np.asarray(sp)
+        box = bounding_box(m, margin=1)
+        inner = m[box]
+        edge = inner & ~ndimage.binary_erosion(inner, border_value=0)
+        corner = np.array([b.start for b in box])
+        return (np.argwhere(edge) + corner) * np.asarray(sp)
 
     st, spr = surface(t), surface(p)
     to_t, _ = cKDTree(st).query(spr)
