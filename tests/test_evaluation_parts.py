@@ -248,3 +248,21 @@ def test_classifier_card_names_its_gate_context() -> None:
     assert "P(normal) on it and the 2 slice(s) either side >= 0.332" in card
     alone = tracking_meta.model_card("classifier", {"operating_point": 0.9}, {}, {}, {})
     assert "when P(normal) >= 0.9" in alone
+
+
+def test_truth_metrics_count_labelled_slices_only_and_masks_are_not_copied() -> None:
+    from scipy import ndimage
+
+    from pipeline.triage.inference import _gt_metrics
+
+    rng = np.random.default_rng(3)
+    gt = ndimage.binary_dilation(rng.random((12, 32, 32)) > 0.99, iterations=2)
+    pred = ndimage.binary_dilation(rng.random((12, 32, 32)) > 0.99, iterations=2)
+    flagged = rng.random(12) > 0.3
+    usable = np.ones(12, bool)
+    usable[[2, 7]] = False
+    part = _gt_metrics(gt, usable, flagged, pred)
+    same = _gt_metrics(gt[usable], np.ones(10, bool), flagged[usable], pred[usable])
+    assert part == same and part.dice is not None
+    assert metrics.as_bool(gt) is gt  # bool masks pass through uncopied
+    assert metrics.as_bool(np.array([0.0, 0.4, -1.0])).tolist() == [False, True, True]

@@ -179,7 +179,10 @@ def _gt_metrics(
     """
     from pipeline.triage.metrics import hd95, per_patient
 
-    t, f, p = gt[usable], flagged[usable], pred[usable]
+    if usable.all():  # the usual case: no copies of the patient's masks
+        t, f, p = gt, flagged, pred
+    else:
+        t, f, p = gt[usable], flagged[usable], pred[usable]
     tumour = t.any(axis=(1, 2))
     caught = int((tumour & f).sum())
     sx, sy, sz = (float(v) for v in spacing)

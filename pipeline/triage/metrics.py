@@ -223,8 +223,15 @@ def classification_metrics(
     return out
 
 
+def as_bool(mask: Any) -> np.ndarray:
+    """`mask` as a bool array: the array itself when it already is one (no copy; a patient's
+    masks are megabytes), else `mask != 0` (numbers > 0 and < 0 are both foreground)."""
+    m = np.asarray(mask)
+    return m if m.dtype == bool else m != 0
+
+
 def _overlap(true: Any, pred: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
-    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    t, p = as_bool(true), as_bool(pred)
     if t.shape != p.shape:
         raise ValueError(f"true {t.shape} and pred {p.shape} masks differ in shape")
     inter = np.sum(t & p, axis=axes, dtype=np.int64)
@@ -256,14 +263,17 @@ def per_patient(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, dict
     Returns:
         `{patient: {"dice", "iou", "slices"}}` in first-seen order.
     """
-    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    t, p = as_bool(true), as_bool(pred)
     keys = np.asarray(list(patients))
     if keys.shape[0] != t.shape[0]:
         raise ValueError(f"{keys.shape[0]} patient keys for {t.shape[0]} slices")
     out: dict[str, dict[str, float]] = {}
     for key in dict.fromkeys(keys.tolist()):
         sel = keys == key
-        inter, st, sp = (float(v) for v in _overlap(t[sel], p[sel], (0, 1, 2)))
+        one = sel.all()  # a single patient: its arrays as they are, no copies
+        inter, st, sp = (
+            float(v) for v in _overlap(t if one else t[sel], p if one else p[sel], (0, 1, 2))
+        )
         den, union = st + sp, st + sp - inter
         out[str(key)] = {
             "dice": 1.0 if den == 0 else 2.0 * inter / den,
@@ -311,7 +321,7 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
     """
     from scipy import ndimage
 
-    t, p = np.asarray(true).astype(bool), np.asarray(pred).astype(bool)
+    t, p = as_bool(true), as_bool(pred)
     if t.shape != p.shape:
         raise ValueError(f"true {t.shape} and pred {p.shape} masks differ in shape")
     if not t.any() and not p.any():
