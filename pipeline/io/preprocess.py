@@ -235,6 +235,51 @@ def prepare_batch(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def volume_levels(
+    images: np.ndarray, low: float = 1.0, high: float = 99.0
+) -> list[tuple[float, float] | None]:
+    """Per channel, the `low`/`high` percentiles of one patient's foreground (pixels above
+    `BACKGROUND_LEVEL`); None for a channel with no foreground. See `normalize_volume`."""
+    x = np.asarray(images, dtype=np.float32)
+    levels: list[tuple[float, float] | None] = []
+    for c in range(x.shape[-1]):
+        ch = x[..., c]
+        fg = ch > BACKGROUND_LEVEL
+        if not fg.any():
+            levels.append(None)
+            continue
+        # ch[fg] is our own copy: percentile may partition it in place (no second copy).
+        lo, hi = np.percentile(ch[fg], [low, high], overwrite_input=True)
+        levels.append((float(lo), float(hi)))
+    return levels
+
+
+def apply_levels(
+    images: np.ndarray, levels: Sequence[tuple[float, float] | None], out: np.ndarray | None = None
+) -> np.ndarray:
+    """Map each channel's `levels` (from `volume_levels`) to 0 and 1, clipped; background stays 0.
+
+    Works on any run of a patient's slices, so a caller can normalise a patient a few slices at a
+    time with the levels of all of them (the same pixels as normalising it whole).
+    """
+    x = np.asarray(images, dtype=np.float32)
+    if out is None:
+        out = np.zeros_like(x)
+    else:
+        out[...] = 0.0
+    for c, level in enumerate(levels):
+        if level is None:
+            continue
+        lo, hi = level
+        ch = x[..., c]
+        o = out[..., c]  # computed in place: no full-size temporaries
+        np.subtract(ch, np.float32(lo), out=o)
+        np.divide(o, np.float32(max(hi - lo, 1e-6)), out=o)
+        np.clip(o, 0.0, 1.0, out=o)
+        o[~(ch > BACKGROUND_LEVEL)] = 0.0
+    return out
+
+
 def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
     """Re-scale every channel of one patient's slices to percentiles of its own foreground.
 
@@ -252,20 +297,7 @@ def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -
         `(N, H, W, C)` float32 in [0, 1].
     """
     x = np.asarray(images, dtype=np.float32)
-    out = np.zeros_like(x)
-    for c in range(x.shape[-1]):
-        ch = x[..., c]
-        fg = ch > BACKGROUND_LEVEL
-        if not fg.any():
-            continue
-        # ch[fg] is our own copy: percentile may partition it in place (no second copy).
-        lo, hi = np.percentile(ch[fg], [low, high], overwrite_input=True)
-        o = out[..., c]  # computed in place: a large patient's slices need no full-size temporaries
-        np.subtract(ch, np.float32(lo), out=o)
-        np.divide(o, np.float32(max(hi - lo, 1e-6)), out=o)
-        np.clip(o, 0.0, 1.0, out=o)
-        o[~fg] = 0.0
-    return out
+    return apply_levels(x, volume_levels(x, low, high))
 
 
 def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
@@ -308,14 +340,8 @@ def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return model_inputs(images, (config,))[0]
 
 
-def _native_planes(x: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """The channels `config` uses, normalised, at native size: FLAIR alone for the FLAIR modes
-    (normalisation is per channel, so the unused channels need no work)."""
-    if config.reads_flair_only:
-        x = x[..., 1:2]
-    if config.normalize == "volume" and len(x):
-        x = normalize_volume(x)
-    return x
+#: Slices normalised at a time at native size by `model_inputs` (bounds its temporaries).
+CHUNK_SLICES = 8
 
 
 def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tuple[np.ndarray, ...]:
@@ -324,21 +350,40 @@ def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tup
 
     Per model: choose the channels it uses, normalise them, resize, then build its three input
     channels at model size (resizing is per channel, so building them after resizing gives the
-    same pixels as before it, with a third of the resizing for the FLAIR modes).
+    same pixels as before it, with a third of the resizing for the FLAIR modes). The "volume"
+    normalisation takes its levels from the whole patient, then normalises and resizes
+    `CHUNK_SLICES` slices at a time: the same pixels as normalising the patient whole, without a
+    second native-size copy of it.
 
     Returns:
         One `(N, S, S, 3)` float32 array in [0, 1] per config, in order.
     """
     x = np.asarray(images, dtype=np.float32)
-    native: dict[tuple[bool, str], np.ndarray] = {}
-    out = []
     for config in configs:
         if x.ndim != 4 or x.shape[-1] != config.channels:
             raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
-        key = (config.reads_flair_only, config.normalize)
-        if key not in native:
-            native[key] = _native_planes(x, config)
-        small = resize_image(native[key], config.image_size)
+    smalls: dict[int, np.ndarray] = {}
+    groups: dict[tuple[bool, str], list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault((config.reads_flair_only, config.normalize), []).append(i)
+    for (flair_only, normalize), members in groups.items():
+        planes = x[..., 1:2] if flair_only else x
+        levels = volume_levels(planes) if normalize == "volume" and len(planes) else None
+        for i in members:
+            size = configs[i].image_size
+            smalls[i] = np.empty((len(planes), size, size, planes.shape[-1]), np.float32)
+        scratch: np.ndarray | None = None
+        for start in range(0, len(planes), CHUNK_SLICES):
+            chunk = planes[start : start + CHUNK_SLICES]
+            if levels is not None:
+                if scratch is None or len(scratch) != len(chunk):
+                    scratch = np.empty(chunk.shape, np.float32)
+                chunk = apply_levels(chunk, levels, out=scratch)
+            for i in members:
+                smalls[i][start : start + len(chunk)] = resize_image(chunk, configs[i].image_size)
+    out = []
+    for i, config in enumerate(configs):
+        small = smalls.pop(i)
         np.clip(small, 0.0, 1.0, out=small)
         if config.input_mode == "rgb":
             out.append(small)
