@@ -172,3 +172,17 @@ def test_model_inputs_share_work_and_equal_the_definition(mode: str, normalize: 
         np.testing.assert_array_equal(got, _inputs_the_long_way(images, config))
         np.testing.assert_array_equal(patient_inputs(images, config), got)
         assert got.shape == (7, config.image_size, config.image_size, 3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_flair25d_channels_are_the_neighbouring_slices(n: int) -> None:
+    from pipeline.io.preprocess import select_channels
+
+    images = np.random.default_rng(n).random((n, 4, 4, 3)).astype(np.float32)
+    got = select_channels(images, "flair25d")
+    assert got.shape == (n, 4, 4, 3) and got.dtype == np.float32
+    flair = images[..., 1]
+    for k in range(n):  # slice k-1, k, k+1; the first and last slice repeat at the ends
+        np.testing.assert_array_equal(got[k, ..., 0], flair[max(k - 1, 0)])
+        np.testing.assert_array_equal(got[k, ..., 1], flair[k])
+        np.testing.assert_array_equal(got[k, ..., 2], flair[min(k + 1, n - 1)])

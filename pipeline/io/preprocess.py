@@ -318,9 +318,12 @@ def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
     flair = x[..., 1]
     if mode == "flair":
         return np.repeat(flair[..., None], 3, axis=-1)
-    prev = np.concatenate([flair[:1], flair[:-1]])
-    nxt = np.concatenate([flair[1:], flair[-1:]])
-    return np.stack([prev, flair, nxt], axis=-1)
+    out = np.empty((*flair.shape, 3), np.float32)  # filled in place: no shifted copies
+    out[..., 1] = flair
+    if len(flair):
+        out[1:, ..., 0], out[0, ..., 0] = flair[:-1], flair[0]  # slice k-1 (the first repeats)
+        out[:-1, ..., 2], out[-1, ..., 2] = flair[1:], flair[-1]  # slice k+1 (the last repeats)
+    return out
 
 
 def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
