@@ -259,7 +259,8 @@ def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | 
         saved = json.loads(record.read_text("utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or saved.get("recipe") != json.loads(json.dumps(recipe)):
+    written = json.loads(json.dumps(recipe, default=str))  # as the record holds it
+    if not isinstance(saved, dict) or saved.get("recipe") != written:
         return None
     return float(saved.get("seconds", 0.0))
 
