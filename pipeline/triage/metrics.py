@@ -267,13 +267,12 @@ def per_patient(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, dict
     keys = np.asarray(list(patients))
     if keys.shape[0] != t.shape[0]:
         raise ValueError(f"{keys.shape[0]} patient keys for {t.shape[0]} slices")
+    # Per-slice counts once, summed per patient: no copies of any patient's masks.
+    per_slice = _overlap(t, p, tuple(range(1, t.ndim)))
     out: dict[str, dict[str, float]] = {}
     for key in dict.fromkeys(keys.tolist()):
         sel = keys == key
-        one = sel.all()  # a single patient: its arrays as they are, no copies
-        inter, st, sp = (
-            float(v) for v in _overlap(t if one else t[sel], p if one else p[sel], (0, 1, 2))
-        )
+        inter, st, sp = (float(v[sel].sum()) for v in per_slice)
         den, union = st + sp, st + sp - inter
         out[str(key)] = {
             "dice": 1.0 if den == 0 else 2.0 * inter / den,
