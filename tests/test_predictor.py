@@ -168,3 +168,40 @@ def test_the_gpu_settings_reach_both_models_of_a_triage_run(tmp_path: Path) -> N
         masks[name] = np.stack([tifffile.imread(f) > 0 for f in files])
     assert models.classify.xla and models.segment.xla  # no fallback: XLA compiled both
     assert masks["plain"].sum() > 100 and _dice(masks["plain"], masks["gpu"]) >= 0.99
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_flagged_slices_are_segmented_a_batch_at_a_time_as_if_all_at_once(tta: bool) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.io.preprocess import PreprocessConfig, expand_inputs
+    from pipeline.triage.inference import PatientWork, _segment_flagged
+
+    seen: list[int] = []
+    inp = keras.Input((8, 8, 3))
+    init = keras.initializers.RandomNormal(seed=1)
+    y = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", kernel_initializer=init)(
+        inp
+    )
+    model = keras.Model(inp, _Recorder(seen)(y))  # not mirror-symmetric: the mirror matters
+    pre = PreprocessConfig(image_size=8, input_mode="flair25d")
+    rng = np.random.default_rng(2)
+    planes = rng.random((13, 8, 8, 1)).astype(np.float32)  # compact segmenter input, 13 slices
+    flagged = rng.random(13) < 0.7
+    flagged[[0, 12]] = True  # both ends: their neighbours repeat
+    work = PatientWork(ps=None, x=np.zeros((13, 4, 4, 3), np.float32), xs=planes, flagged=flagged)
+    models = SimpleNamespace(
+        segment=BatchPredictor(model, batch=4), segmenter=SimpleNamespace(preprocess=pre)
+    )
+    got = _segment_flagged(work, models, tta)
+    calls = list(seen)  # the predictor's calls, before the reference's own
+
+    xs = expand_inputs(planes, "flair25d")[flagged]  # all flagged inputs at once, the long way
+    want = model.predict(xs, verbose=0)
+    if tta:
+        want = (want + model.predict(xs[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2.0
+    assert got.shape == (int(flagged.sum()), 8, 8, 1)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    inputs = int(flagged.sum()) * (2 if tta else 1)
+    assert sum(calls) >= inputs and max(calls) == 4  # never more than one batch at a time
+    assert len(calls) == -(-inputs // 4)  # and no more calls than all at once would need

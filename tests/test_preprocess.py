@@ -186,3 +186,21 @@ def test_flair25d_channels_are_the_neighbouring_slices(n: int) -> None:
         np.testing.assert_array_equal(got[k, ..., 0], flair[max(k - 1, 0)])
         np.testing.assert_array_equal(got[k, ..., 1], flair[k])
         np.testing.assert_array_equal(got[k, ..., 2], flair[min(k + 1, n - 1)])
+
+
+@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d"])
+@pytest.mark.parametrize("n", [1, 2, 6])
+def test_compact_inputs_expand_to_the_model_inputs_of_any_slices(mode: str, n: int) -> None:
+    from pipeline.io.preprocess import compact_inputs, expand_inputs, model_inputs
+
+    images = np.random.default_rng(n).random((n, 24, 24, 3)).astype(np.float32)
+    config = PreprocessConfig(image_size=12, input_mode=mode, normalize="volume")
+    whole = model_inputs(images, (config,))[0]
+    planes = compact_inputs(images, (config,))[0]
+    assert planes.shape == (n, 12, 12, 3 if mode == "rgb" else 1)  # a third for FLAIR modes
+    np.testing.assert_array_equal(expand_inputs(planes, mode), whole)
+    rng = np.random.default_rng(0)
+    for index in ([0], [n - 1], sorted(rng.choice(n, size=max(n // 2, 1), replace=False)), []):
+        got = expand_inputs(planes, mode, index)
+        assert got.shape == (len(index), 12, 12, 3)
+        np.testing.assert_array_equal(got, whole[list(index)])

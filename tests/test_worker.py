@@ -156,3 +156,21 @@ def test_the_flow_runs_one_worker_task_and_a_task_per_patient_without_prefetch(
     assert names[2] == ["triage-worker"]
     assert names[0] == [f"triage-patient-{i}" for i in range(1, 6)]
     assert _outputs(tmp_path / "out2") == _outputs(tmp_path / "out0")
+
+
+def test_large_blocks_are_mapped_on_their_own_where_glibc_allows(monkeypatch) -> None:
+    import ctypes.util
+
+    from pipeline.triage import worker
+
+    monkeypatch.setattr(worker, "_mallopt_done", [])
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
+    assert worker.map_large_blocks() is False
+    monkeypatch.setattr(worker, "_mallopt_done", [])
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    glibc = bool(ctypes.util.find_library("c")) and hasattr(
+        ctypes.CDLL(ctypes.util.find_library("c")), "mallopt"
+    )
+    assert worker.map_large_blocks() is glibc
+    assert worker.map_large_blocks() is glibc  # once per process, then remembered
+    assert worker._mallopt_done == [glibc]

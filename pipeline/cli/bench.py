@@ -69,10 +69,11 @@ def _per_slice_seconds(model: Any, x: np.ndarray) -> float:
 def _warm_up(models: Any, first: Any, batch: int) -> None:
     """Run every batch shape the predictors use once (kernels are built, XLA compiles, per
     shape), so no measurement pays for it. `first` is a patient's `PatientWork`."""
+    from pipeline.io.preprocess import expand_inputs
     from pipeline.triage.predictor import batch_buckets
 
     x = first.x
-    xs = x if first.xs is None else first.xs
+    xs = x if first.xs is None else expand_inputs(first.xs, models.segmenter.preprocess.input_mode)
     for b in batch_buckets(batch):
         models.classify(np.resize(x, (b, *x.shape[1:])))
         models.segment(np.resize(xs, (b, *xs.shape[1:])))

@@ -361,6 +361,19 @@ def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tup
     Returns:
         One `(N, S, S, 3)` float32 array in [0, 1] per config, in order.
     """
+    planes = compact_inputs(images, configs)
+    return tuple(expand_inputs(p, c.input_mode) for p, c in zip(planes, configs, strict=True))
+
+
+def compact_inputs(
+    images: np.ndarray, configs: Sequence[PreprocessConfig]
+) -> tuple[np.ndarray, ...]:
+    """`model_inputs` before the three channels are built: per config `(N, S, S, 1)` (FLAIR at
+    model size, for the FLAIR modes) or `(N, S, S, 3)` ("rgb"), float32 in [0, 1].
+
+    A FLAIR mode's input is a third of the size this way; `expand_inputs` builds the channels of
+    the slices a model is about to see.
+    """
     x = np.asarray(images, dtype=np.float32)
     for config in configs:
         if x.ndim != 4 or x.shape[-1] != config.channels:
@@ -385,12 +398,34 @@ def model_inputs(images: np.ndarray, configs: Sequence[PreprocessConfig]) -> tup
             for i in members:
                 smalls[i][start : start + len(chunk)] = resize_image(chunk, configs[i].image_size)
     out = []
-    for i, config in enumerate(configs):
+    for i in range(len(configs)):
         small = smalls.pop(i)
-        np.clip(small, 0.0, 1.0, out=small)
-        if config.input_mode == "rgb":
-            out.append(small)
-        else:  # FLAIR alone, one plane: the mode's three channels from it
-            three = np.broadcast_to(small, (*small.shape[:3], 3))
-            out.append(select_channels(three, config.input_mode))
+        out.append(np.clip(small, 0.0, 1.0, out=small))
     return tuple(out)
+
+
+def expand_inputs(
+    planes: np.ndarray, mode: str, index: np.ndarray | Sequence[int] | None = None
+) -> np.ndarray:
+    """Model inputs `(len(index), S, S, 3)` of the slices `index` (all when None) from
+    `compact_inputs`' array for input mode `mode` (an "rgb" array is returned as it is, or its
+    rows). "flair25d" takes the neighbours from the whole patient, so slice k's channels are the
+    same whichever slices are asked for.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
+    n = len(planes)
+    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    if mode == "rgb" or planes.shape[-1] == 3:
+        return planes if index is None else planes[idx]
+    flair = planes[..., 0]
+    out = np.empty((len(idx), *flair.shape[1:], 3), np.float32)
+    if not len(idx):
+        return out
+    out[..., 1] = flair[idx]
+    if mode == "flair":
+        out[..., 0] = out[..., 2] = out[..., 1]
+    else:  # slices k-1 and k+1, the first and last repeated at the volume's ends
+        out[..., 0] = flair[np.maximum(idx - 1, 0)]
+        out[..., 2] = flair[np.minimum(idx + 1, n - 1)]
+    return out

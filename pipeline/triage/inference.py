@@ -210,7 +210,8 @@ class PatientWork:
     Attributes:
         ps: the loaded patient (`pipeline.io.slices.load_patient`).
         x: classifier input `(N, S, S, 3)` float32; None once the models are done with it.
-        xs: segmenter input of every slice, None when it is `x` (same preprocessing) or spent.
+        xs: segmenter input of every slice as `compact_inputs` gives it (one FLAIR plane for the
+            FLAIR modes), None when it is `x` (same preprocessing) or spent.
         timings: seconds each stage took so far ("load", "classify", "segment", ...).
         key: manifest key of this work; change: `NEW` or `CHANGED` (`start_patient`).
         p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
@@ -238,7 +239,7 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     Raises:
         ArchiveError, ValueError: unreadable or inconsistent input.
     """
-    from pipeline.io.preprocess import model_inputs
+    from pipeline.io.preprocess import compact_inputs, expand_inputs
     from pipeline.io.slices import load_patient
 
     start = time.perf_counter()
@@ -246,10 +247,14 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     # Models that read FLAIR alone never need the other channels' pixels in memory.
     flair_only = clf.reads_flair_only and seg.reads_flair_only
     ps = load_patient(rows, clf, settings.limits, flair_only=flair_only)
+    # The classifier sees every slice: its channels are built now. The segmenter sees the flagged
+    # slices only: its input stays compact (one FLAIR plane for the FLAIR modes) until then.
     if seg == clf:
-        x, xs = model_inputs(ps.images, (clf,))[0], None
+        x, xs = expand_inputs(compact_inputs(ps.images, (clf,))[0], clf.input_mode), None
     else:  # one normalisation for both models when they normalise alike
-        x, xs = model_inputs(ps.images, (clf, seg))
+        planes, xs = compact_inputs(ps.images, (clf, seg))
+        x = expand_inputs(planes, clf.input_mode)
+        del planes
     # The writer needs FLAIR alone, as display grey levels (viewer, thumbnail): keep those and let
     # the float pixels go, so a patient waiting for its models or its writer holds a quarter of
     # one channel.
@@ -277,15 +282,42 @@ def predict_patient(
     work.flagged = route_slices(context_p_normal(work.p_normal, reach), settings.threshold)
     mid = time.perf_counter()
     if work.flagged.any():
-        xs = (work.x if work.xs is None else work.xs)[work.flagged]
-        if settings.tta:  # mirror left-right (axis 2 = width), segment, mirror back, average
-            both = models.segment(np.concatenate([xs, xs[:, :, ::-1]]))
-            work.prob = (both[: len(xs)] + both[len(xs) :, :, ::-1]) / 2.0
-        else:
-            work.prob = models.segment(xs)
+        work.prob = _segment_flagged(work, models, settings.tta)
     work.x = work.xs = None  # the writer needs the native images only
     work.timings.update(classify=mid - start, segment=time.perf_counter() - mid)
     return work
+
+
+def _segment_flagged(work: PatientWork, models: TriageModels, tta: bool) -> np.ndarray:
+    """Segmenter P(tumour) `(F, S, S, 1)` of the flagged slices, one model batch at a time.
+
+    Each batch's inputs are built from the compact segmenter input just before the call (with
+    `tta`, half a batch of slices and their left-right mirrors, averaged after mirroring back),
+    so a large patient never holds all its flagged inputs, or their mirrors, at once.
+    """
+    from pipeline.io.preprocess import expand_inputs
+
+    assert work.flagged is not None and work.x is not None
+    src, mode = work.xs, models.segmenter.preprocess.input_mode
+    if src is None:  # the segmenter shares the classifier's (already expanded) input
+        src, mode = work.x, "rgb"
+    index = np.flatnonzero(work.flagged)
+    batch = int(getattr(models.segment, "batch", 16))
+    step = max(batch // 2, 1) if tta else batch
+    prob: np.ndarray | None = None
+    for start in range(0, len(index), step):
+        part = expand_inputs(src, mode, index[start : start + step])
+        n = len(part)
+        if tta:  # mirror left-right (axis 2 = width), segment, mirror back, average
+            both = models.segment(np.concatenate([part, part[:, :, ::-1]]))
+            out = (both[:n] + both[n:, :, ::-1]) / 2.0
+        else:
+            out = models.segment(part)
+        if prob is None:
+            prob = np.empty((len(index), *out.shape[1:]), np.float32)
+        prob[start : start + n] = out
+    assert prob is not None
+    return prob
 
 
 def _postprocess(work: PatientWork, settings: TriageSettings) -> np.ndarray:
