@@ -200,8 +200,10 @@ def test_flagged_slices_are_segmented_a_batch_at_a_time_as_if_all_at_once(tta: b
     want = model.predict(xs, verbose=0)
     if tta:
         want = (want + model.predict(xs[:, :, ::-1], verbose=0)[:, :, ::-1]) / 2.0
-    assert got.shape == (int(flagged.sum()), 8, 8, 1)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got.shape == (int(flagged.sum()), 8, 8) and got.dtype == bool
+    near = np.abs(want[..., 0] - 0.5) < 1e-5  # where rounding may tip the 0.5 cut either way
+    np.testing.assert_array_equal(got[~near], want[..., 0][~near] >= 0.5)
+    assert 0 < got.sum() < got.size  # the comparison is not vacuous
     inputs = int(flagged.sum()) * (2 if tta else 1)
     assert sum(calls) >= inputs and max(calls) == 4  # never more than one batch at a time
     assert len(calls) == -(-inputs // 4)  # and no more calls than all at once would need

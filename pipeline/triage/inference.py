@@ -215,7 +215,8 @@ class PatientWork:
         timings: seconds each stage took so far ("load", "classify", "segment", ...).
         key: manifest key of this work; change: `NEW` or `CHANGED` (`start_patient`).
         p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
-        prob: segmenter P(tumour) of the flagged slices at model size `(F, S, S, 1)`.
+        prob: the segmenter's masks of the flagged slices at model size, `(F, S, S)` bool
+            (P(tumour) >= 0.5; binarised as each batch comes out, a quarter of the float maps).
         flair: `(N, H, W)` uint8 FLAIR grey levels at native size (`viewer.gray_u8`), all the
             writer needs of the pixels (`ps.images` keeps no channels once the model inputs are
             made).
@@ -289,7 +290,8 @@ def predict_patient(
 
 
 def _segment_flagged(work: PatientWork, models: TriageModels, tta: bool) -> np.ndarray:
-    """Segmenter P(tumour) `(F, S, S, 1)` of the flagged slices, one model batch at a time.
+    """Segmenter masks `(F, S, S)` bool (P(tumour) >= 0.5) of the flagged slices, one model batch
+    at a time.
 
     Each batch's inputs are built from the compact segmenter input just before the call (with
     `tta`, half a batch of slices and their left-right mirrors, averaged after mirroring back),
@@ -314,8 +316,8 @@ def _segment_flagged(work: PatientWork, models: TriageModels, tta: bool) -> np.n
         else:
             out = models.segment(part)
         if prob is None:
-            prob = np.empty((len(index), *out.shape[1:]), np.float32)
-        prob[start : start + n] = out
+            prob = np.empty((len(index), *out.shape[1:3]), bool)
+        prob[start : start + n] = binarise(out)
     assert prob is not None
     return prob
 
@@ -328,7 +330,7 @@ def _postprocess(work: PatientWork, settings: TriageSettings) -> np.ndarray:
     pred = np.zeros((n, h, w), dtype=bool)
     if work.prob is None or work.flagged is None:
         return pred
-    masks = restore_masks(binarise(work.prob), (h, w))
+    masks = restore_masks(work.prob, (h, w))
     pred[work.flagged] = remove_small_components(masks, settings.min_component)
     scale = h * w / REFERENCE_PIXELS
     return remove_isolated_3d(
