@@ -71,6 +71,9 @@ def test_load_kaggle_patient_from_shared_data(kaggle_3m: Path, tmp_path: Path) -
     assert back.dtype == np.uint8 and back.shape == (256, 256)
     np.testing.assert_array_equal(back, truth)
     assert not list(tmp_path.glob(".tmp-*"))
+    staged = ps.write_masks(ps.masks, tmp_path / "stage", staged=True)  # straight in: same bytes
+    assert [p.name for p in staged] == [p.name for p in written]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(staged, written, strict=True))
     with pytest.raises(ValueError, match="pred shape"):
         ps.write_masks(ps.masks[:3], tmp_path)
 

@@ -125,11 +125,15 @@ def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
     atomic_write(path, write, durable=False)  # staged: the folder rename commits it
 
 
-def write_tif_mask(mask: np.ndarray, path: str | Path) -> Path:
-    """Write an `(H, W)` mask as 0/255 uint8 TIF (atomically)."""
+def write_tif_mask(mask: np.ndarray, path: str | Path, atomic: bool = True) -> Path:
+    """Write an `(H, W)` mask as 0/255 uint8 TIF: atomically, or straight to `path` with
+    `atomic=False` (for a staging folder whose own rename commits its files)."""
     pixels = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
     out = Path(path)
-    _atomic_write(out, lambda tmp: tifffile.imwrite(tmp, pixels, photometric="minisblack"))
+    if atomic:
+        _atomic_write(out, lambda tmp: tifffile.imwrite(tmp, pixels, photometric="minisblack"))
+    else:
+        tifffile.imwrite(out, pixels, photometric="minisblack")
     return out
 
 
@@ -168,7 +172,7 @@ class PatientSlices:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     def write_masks(
-        self, pred: np.ndarray, out_dir: str | Path, name: str | None = None
+        self, pred: np.ndarray, out_dir: str | Path, name: str | None = None, staged: bool = False
     ) -> list[Path]:
         """Write predicted masks in the input's own layout.
 
@@ -181,6 +185,9 @@ class PatientSlices:
             pred: `(N, H, W)` bool, same N, H, W as `images`.
             out_dir: output folder (created).
             name: file name prefix (default: the patient key; pass `safety.output_name(key)`).
+            staged: `out_dir` is a fresh staging folder that one rename commits (triage's): the
+                per-slice Kaggle masks are written straight into it, not each through a
+                temporary file and a rename of its own (0.43 against 0.65 ms of CPU a slice).
 
         Returns:
             Paths written.
@@ -192,8 +199,9 @@ class PatientSlices:
         out = Path(out_dir)
         prefix = name or self.patient
         if self.format == "kaggle":
+            out.mkdir(parents=True, exist_ok=True)
             return [
-                write_tif_mask(m, out / f"{prefix}_{k}_pred.tif")
+                write_tif_mask(m, out / f"{prefix}_{k}_pred.tif", atomic=not staged)
                 for k, m in zip(self.slices, mask, strict=True)
             ]
         if self.geometry is None:

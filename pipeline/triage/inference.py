@@ -379,7 +379,7 @@ def write_patient(
     name = output_name(ps.patient)  # keys are data: never a path (pipeline.io.safety)
     rep["output"] = name
     stage = manifest.staging_dir(out_dir, name)
-    rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name)]
+    rep["masks"] = [p.name for p in ps.write_masks(pred, stage, name, staged=True)]
     flair = work.flair  # every slice goes into the viewer
     assert flair is not None, "write_patient needs read_patient's FLAIR"
     view = viewer.viewer_data(flair, pred, ps.masks, recs)
