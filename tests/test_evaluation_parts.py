@@ -215,7 +215,7 @@ def test_presets_and_precedence() -> None:
     )
     assert (cpu.pretrain_epochs, cpu.pretrain_lr) == (8, 1e-3)  # the encoder learns the masks first
     assert cpu.preprocess.normalize == "volume" and cpu.preset == "cpu"
-    assert (cpu.gate_context, cpu.min_sensitivity) == (2, 0.99)  # the gate looks along z
+    assert (cpu.gate_context, cpu.min_sensitivity) == (1, 0.99)  # the gate looks along z
     plain = TrainConfig.create("classifier", "x", "resnet50", weights="none")
     assert (plain.gate_context, plain.min_sensitivity) == (0, 0.98)  # no preset: slice alone
     with pytest.raises(ValueError, match="gate_context is the classifier's"):

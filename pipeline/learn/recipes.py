@@ -13,7 +13,7 @@ are logged with every run, so a run can be repeated from its MLflow params alone
   / per-patient Dice, and a segmenter that also sees a sampled share of tumour-free slices so it
   learns to draw nothing. Without ImageNet weights the classifier's backbone is first trained for
   8 epochs as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the
-  head. The gate looks 2 slices either side (`pipeline.triage.rule.context_p_normal`) and its
+  head. The gate looks 1 slice either side (`pipeline.triage.rule.context_p_normal`) and its
   operating point keeps validation slice sensitivity >= 0.99.
 - `gpu`: the `cpu` recipe at 256 px with a longer schedule and mixed precision.
 """
@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "select": "auto",
             "patience": 8,
             "min_sensitivity": 0.99,
-            "gate_context": 2,
+            "gate_context": 1,
         },
         "segmenter": {
             "image_size": 128,
