@@ -313,17 +313,7 @@ def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
     if mode not in INPUT_MODES:
         raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
     x = np.asarray(images, dtype=np.float32)
-    if mode == "rgb":
-        return x
-    flair = x[..., 1]
-    if mode == "flair":
-        return np.repeat(flair[..., None], 3, axis=-1)
-    out = np.empty((*flair.shape, 3), np.float32)  # filled in place: no shifted copies
-    out[..., 1] = flair
-    if len(flair):
-        out[1:, ..., 0], out[0, ..., 0] = flair[:-1], flair[0]  # slice k-1 (the first repeats)
-        out[:-1, ..., 2], out[-1, ..., 2] = flair[1:], flair[-1]  # slice k+1 (the last repeats)
-    return out
+    return x if mode == "rgb" else expand_inputs(x[..., 1:2], mode)  # FLAIR: one plane
 
 
 def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -240,7 +240,7 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     Raises:
         ArchiveError, ValueError: unreadable or inconsistent input.
     """
-    from pipeline.io.preprocess import compact_inputs, expand_inputs
+    from pipeline.io.preprocess import compact_inputs, expand_inputs, model_inputs
     from pipeline.io.slices import load_patient
 
     start = time.perf_counter()
@@ -251,7 +251,7 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     # The classifier sees every slice: its channels are built now. The segmenter sees the flagged
     # slices only: its input stays compact (one FLAIR plane for the FLAIR modes) until then.
     if seg == clf:
-        x, xs = expand_inputs(compact_inputs(ps.images, (clf,))[0], clf.input_mode), None
+        x, xs = model_inputs(ps.images, (clf,))[0], None
     else:  # one normalisation for both models when they normalise alike
         planes, xs = compact_inputs(ps.images, (clf, seg))
         x = expand_inputs(planes, clf.input_mode)

@@ -41,6 +41,12 @@ def lanes(jobs: Sequence[PatientJob], n: int) -> list[list[PatientJob]]:
 _trim: list[Callable[[int], int] | None] = []
 
 
+def _libc_function(name: str) -> Any:
+    """The C library's function `name`, or None where there is no such library or function."""
+    lib = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(lib), name, None) if lib else None
+
+
 def release_freed_memory() -> None:
     """Hand the memory a finished patient freed back to the system (glibc's `malloc_trim`).
 
@@ -50,8 +56,7 @@ def release_freed_memory() -> None:
     after each patient). A no-op where the C library has no `malloc_trim`.
     """
     if not _trim:
-        name = ctypes.util.find_library("c")
-        _trim.append(getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None)
+        _trim.append(_libc_function("malloc_trim"))
     if _trim[0] is not None:
         _trim[0](0)
 
@@ -78,8 +83,7 @@ def map_large_blocks() -> bool:
     if _mallopt_done:
         return _mallopt_done[0]
     ok = False
-    name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    mallopt = _libc_function("mallopt")
     if mallopt is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     _mallopt_done.append(ok)
