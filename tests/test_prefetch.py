@@ -4,6 +4,7 @@ joined."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -76,6 +77,46 @@ def test_a_finished_item_skips_the_later_stages() -> None:
         "5 was done",
     ]
     assert calls == Counter(load=6, compute=3, write=3)
+
+
+@pytest.mark.parametrize("budget", [0, 10])
+def test_a_weight_budget_bounds_what_is_in_flight_and_a_heavy_item_runs_alone(budget: int) -> None:
+    """Weights as a patient's slices; the model is slow, so without a budget the loader runs
+    ahead by `depth` items whatever they weigh."""
+    weights = [4, 3, 9, 8, 2, 1, 15, 5, 5, 6, 1, 1]
+    lock = threading.Lock()
+    alive: list[int] = []
+    peak_weight = 0
+    alone: list[bool] = []
+
+    def load(i: int) -> int:
+        nonlocal peak_weight
+        with lock:
+            alive.append(i)
+            if weights[i] > 10:
+                alone.append(alive == [i])
+            else:
+                peak_weight = max(peak_weight, sum(weights[j] for j in alive))
+        return i
+
+    def compute(i: int) -> int:
+        time.sleep(0.02)
+        return i
+
+    def write(i: int) -> int:
+        with lock:
+            alive.remove(i)
+        return i
+
+    out = pipelined(range(len(weights)), load, compute, write, _fail, depth=3,
+                    weight=weights.__getitem__, budget=budget)  # fmt: skip
+    assert list(out) == list(range(len(weights)))
+    if budget:
+        assert peak_weight <= budget
+        assert alone == [True]  # the item above the budget waited for the others to finish
+    else:
+        assert peak_weight > 10  # unbounded by weight: the bound above is the budget's doing
+    assert not _prefetch_threads()
 
 
 def test_queues_never_hold_more_than_depth_and_in_flight_items_stay_bounded() -> None:

@@ -204,3 +204,33 @@ def test_compact_inputs_expand_to_the_model_inputs_of_any_slices(mode: str, n: i
         got = expand_inputs(planes, mode, index)
         assert got.shape == (len(index), 12, 12, 3)
         np.testing.assert_array_equal(got, whole[list(index)])
+
+
+@pytest.mark.parametrize("normalize", ["none", "volume"])
+def test_uint8_grey_levels_give_the_floats_levels_and_inputs(normalize: str) -> None:
+    from pipeline.io.preprocess import (
+        compact_inputs,
+        model_inputs,
+        normalize_volume,
+        unit_float,
+        volume_levels,
+    )
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, size=(11, 40, 40, 3), dtype=np.uint8)
+    grey[:, :6] = rng.integers(0, 5, size=(11, 6, 40, 3), dtype=np.uint8)  # background below 0.02
+    grey[..., 2] = 0  # a channel with no foreground at all
+    floats = grey.astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(unit_float(grey), floats)
+    assert unit_float(floats) is floats  # floats pass through uncopied
+    assert volume_levels(grey) == volume_levels(floats)
+    assert volume_levels(grey)[2] is None
+    np.testing.assert_array_equal(normalize_volume(grey), normalize_volume(floats))
+    configs = tuple(PreprocessConfig(16, input_mode=m, normalize=normalize)
+                    for m in ("rgb", "flair", "flair25d"))  # fmt: skip
+    for a, b in zip(model_inputs(floats, configs), model_inputs(grey, configs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(compact_inputs(floats, configs), compact_inputs(grey, configs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rgb = configs[0]
+    np.testing.assert_array_equal(prepare_batch(grey, rgb), prepare_batch(floats, rgb))

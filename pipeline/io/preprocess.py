@@ -1,8 +1,11 @@
 """Pure array transforms between archive pixels and model inputs, with the inverses masks need.
 
 Everything here is array in, array out: no file I/O, no globals. Images are `(H, W, 3)` or
-`(N, H, W, 3)` float32 in [0, 1], channel order (pre-contrast/T1, FLAIR, post-contrast/T1ce);
-masks are `(H, W)` or `(N, H, W)` bool.
+`(N, H, W, 3)` float32 in [0, 1], channel order (pre-contrast/T1, FLAIR, post-contrast/T1ce), or
+the same as uint8 grey levels as an 8-bit TIF stores them (`load_patient(..., as_uint8=True)`),
+which every function here takes as `unit_float` makes them: the same floats, converted a few
+slices at a time by the functions that work a patient in chunks; masks are `(H, W)` or
+`(N, H, W)` bool.
 """
 
 from __future__ import annotations
@@ -83,6 +86,17 @@ class PreprocessConfig:
             elif key in known:
                 kwargs[key] = float(value) if "percentile" in key else int(value)
         return cls(**kwargs)
+
+
+def unit_float(images: np.ndarray) -> np.ndarray:
+    """`images` as float32 in [0, 1]: uint8 grey levels divided by 255 (the one conversion of
+    8-bit pixels, so converting a patient whole or a few slices at a time gives the same floats);
+    anything else as float32 (no copy when it already is)."""
+    if images.dtype == np.uint8:
+        out = images.astype(np.float32)
+        np.divide(out, np.float32(255.0), out=out)  # in place: no second float copy
+        return out
+    return np.asarray(images, dtype=np.float32)
 
 
 def normalize_intensity(
@@ -228,7 +242,7 @@ def prepare_batch(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     Returns:
         `(N, S, S, 3)` float32 in [0, 1].
     """
-    x = np.asarray(images, dtype=np.float32)
+    x = unit_float(images)
     if x.ndim != 4 or x.shape[-1] != config.channels:
         raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
     out = resize_image(x, config.image_size)
@@ -239,17 +253,25 @@ def volume_levels(
     images: np.ndarray, low: float = 1.0, high: float = 99.0
 ) -> list[tuple[float, float] | None]:
     """Per channel, the `low`/`high` percentiles of one patient's foreground (pixels above
-    `BACKGROUND_LEVEL`); None for a channel with no foreground. See `normalize_volume`."""
-    x = np.asarray(images, dtype=np.float32)
+    `BACKGROUND_LEVEL`); None for a channel with no foreground. See `normalize_volume`.
+
+    uint8 images give the same levels as their `unit_float` floats without a float copy of the
+    patient: the 256 grey levels are converted once and only the foreground's values are looked
+    up (a float copy of the foreground, as the float path takes too).
+    """
+    images = np.asarray(images)
+    lut = unit_float(np.arange(256, dtype=np.uint8)) if images.dtype == np.uint8 else None
+    x = images if lut is not None else np.asarray(images, dtype=np.float32)
     levels: list[tuple[float, float] | None] = []
     for c in range(x.shape[-1]):
         ch = x[..., c]
-        fg = ch > BACKGROUND_LEVEL
+        fg = (lut > BACKGROUND_LEVEL)[ch] if lut is not None else ch > BACKGROUND_LEVEL
         if not fg.any():
             levels.append(None)
             continue
-        # ch[fg] is our own copy: percentile may partition it in place (no second copy).
-        lo, hi = np.percentile(ch[fg], [low, high], overwrite_input=True)
+        # Our own copy of the foreground: percentile may partition it in place (no second copy).
+        values = lut[ch[fg]] if lut is not None else ch[fg]
+        lo, hi = np.percentile(values, [low, high], overwrite_input=True)
         levels.append((float(lo), float(hi)))
     return levels
 
@@ -262,7 +284,7 @@ def apply_levels(
     Works on any run of a patient's slices, so a caller can normalise a patient a few slices at a
     time with the levels of all of them (the same pixels as normalising it whole).
     """
-    x = np.asarray(images, dtype=np.float32)
+    x = unit_float(images)
     if out is None:
         out = np.zeros_like(x)
     else:
@@ -296,8 +318,7 @@ def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -
     Returns:
         `(N, H, W, C)` float32 in [0, 1].
     """
-    x = np.asarray(images, dtype=np.float32)
-    return apply_levels(x, volume_levels(x, low, high))
+    return apply_levels(images, volume_levels(images, low, high))
 
 
 def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
@@ -312,8 +333,8 @@ def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
-    x = np.asarray(images, dtype=np.float32)
-    return x if mode == "rgb" else expand_inputs(x[..., 1:2], mode)  # FLAIR: one plane
+    x = images if mode == "rgb" else images[..., 1:2]  # FLAIR: one plane
+    return unit_float(x) if mode == "rgb" else expand_inputs(unit_float(x), mode)
 
 
 def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -362,9 +383,10 @@ def compact_inputs(
     model size, for the FLAIR modes) or `(N, S, S, 3)` ("rgb"), float32 in [0, 1].
 
     A FLAIR mode's input is a third of the size this way; `expand_inputs` builds the channels of
-    the slices a model is about to see.
+    the slices a model is about to see. uint8 `images` are converted `CHUNK_SLICES` at a time
+    (the same inputs as from their floats, without a float copy of the patient at native size).
     """
-    x = np.asarray(images, dtype=np.float32)
+    x = images if images.dtype == np.uint8 else np.asarray(images, dtype=np.float32)
     for config in configs:
         if x.ndim != 4 or x.shape[-1] != config.channels:
             raise ValueError(f"expected images (N, H, W, {config.channels}), got {x.shape}")
@@ -380,7 +402,7 @@ def compact_inputs(
             smalls[i] = np.empty((len(planes), size, size, planes.shape[-1]), np.float32)
         scratch: np.ndarray | None = None
         for start in range(0, len(planes), CHUNK_SLICES):
-            chunk = planes[start : start + CHUNK_SLICES]
+            chunk = unit_float(planes[start : start + CHUNK_SLICES])
             if levels is not None:
                 if scratch is None or len(scratch) != len(chunk):
                     scratch = np.empty(chunk.shape, np.float32)

@@ -3,7 +3,8 @@
 Two layouts: Kaggle LGG (`<patient>/<patient>_<k>.tif`, 256×256×3 uint8, with
 `<patient>_<k>_mask.tif` 0/255) and NIfTI (see `pipeline.io.nifti`). `load_patient` takes the
 index rows of one patient (`pipeline.io.index.build_index`) and returns pixels in memory as
-`(N, H, W, 3)` float32 in [0, 1]; `PatientSlices.write_masks` writes predictions back.
+`(N, H, W, 3)` float32 in [0, 1] (Kaggle slices optionally as their stored uint8);
+`PatientSlices.write_masks` writes predictions back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.io.nifti import (
     load_nifti_case,
     write_nifti_mask,
 )
-from pipeline.io.preprocess import PreprocessConfig
+from pipeline.io.preprocess import PreprocessConfig, unit_float
 from pipeline.io.quality import (
     DEFAULT_LIMITS,
     Limits,
@@ -145,7 +146,9 @@ class PatientSlices:
         patient: patient key (an identifier: keep it out of logs).
         format: "kaggle" or "nifti".
         slices: slice numbers in order (Kaggle k, 1-based; NIfTI canonical axial z, 0-based).
-        images: `(N, H, W, 3)` float32 in [0, 1], channels (T1, FLAIR, T1ce).
+        images: `(N, H, W, 3)` float32 in [0, 1], channels (T1, FLAIR, T1ce); uint8 grey levels
+            for Kaggle slices loaded `as_uint8` (`pipeline.io.preprocess.unit_float` gives the
+            floats).
         masks: `(N, H, W)` bool ground truth, or None when the patient has none at all.
         spacing: `(sx, sy, sz)` mm; NaN when unknown (Kaggle).
         has_mask: `(N,)` bool, False where a slice's ground truth is missing (its mask row is
@@ -228,10 +231,11 @@ def _one_patient(rows: pd.DataFrame) -> tuple[str, str]:
 
 
 def _load_kaggle(
-    patient: str, rows: pd.DataFrame, limits: Limits, flair_only: bool = False
-) -> PatientSlices:
+    patient: str, rows: pd.DataFrame, limits: Limits, flair_only: bool = False,
+    as_uint8: bool = False,
+) -> PatientSlices:  # fmt: skip
     stacked: np.ndarray | None = None
-    masks = []
+    masks: np.ndarray | None = None  # allocated at the first ground-truth mask: no list, no stack
     for i, row in enumerate(rows.itertuples(index=False)):
         pixels = read_kaggle_image(str(row.image_path), limits)
         if stacked is None:  # one uint8 block filled in place: no list of slices beside it
@@ -241,23 +245,24 @@ def _load_kaggle(
             raise ArchiveError(str(row.image_path), f"slices of one patient differ in size {sizes}")
         stacked[i] = pixels[..., 1] if flair_only else pixels
         if row.has_mask and row.mask_path:
-            masks.append(read_kaggle_mask(str(row.mask_path), pixels.shape[:2], limits))
-        else:
-            masks.append(np.zeros(pixels.shape[:2], dtype=bool))
+            if masks is None:
+                masks = np.zeros((len(rows), *pixels.shape[:2]), dtype=bool)
+            masks[i] = read_kaggle_mask(str(row.mask_path), pixels.shape[:2], limits)
     assert stacked is not None, "rows checked non-empty by _one_patient"
     check_values(stacked, str(rows["source"].iloc[0]) if "source" in rows else patient)
-    pixels01 = stacked.astype(np.float32)
+    images = stacked if as_uint8 else unit_float(stacked)
     del stacked
-    np.divide(pixels01, np.float32(255.0), out=pixels01)  # in place: no second float copy
     if flair_only:  # a read-only view: every channel shows FLAIR, which alone takes memory
-        pixels01 = np.broadcast_to(pixels01[..., None], (*pixels01.shape, 3))
+        images = np.broadcast_to(images[..., None], (*images.shape, 3))
     has_mask = rows["has_mask"].to_numpy(dtype=bool)
+    if masks is None and has_mask.any():  # listed as labelled, but no mask file: all empty
+        masks = np.zeros(images.shape[:3], dtype=bool)
     return PatientSlices(
         patient=patient,
         format="kaggle",
         slices=[int(k) for k in rows["slice"]],
-        images=pixels01,
-        masks=np.stack(masks) if has_mask.any() else None,
+        images=images,
+        masks=masks,
         spacing=NAN3,
         has_mask=has_mask,
         image_paths=[str(p) for p in rows["image_path"]],
@@ -317,6 +322,7 @@ def load_patient(
     limits: Limits = DEFAULT_LIMITS,
     *,
     flair_only: bool = False,
+    as_uint8: bool = False,
 ) -> PatientSlices:
     """Load every slice listed in one patient's index rows.
 
@@ -329,9 +335,13 @@ def load_patient(
             (`PreprocessConfig.reads_flair_only`): `images` is then a read-only view whose three
             channels all show FLAIR (as in the set's FLAIR-only patients), a third of the memory.
             NIfTI and DICOM cases are read whole either way.
+        as_uint8: Kaggle slices keep their stored uint8 grey levels (a quarter of the float
+            memory); `pipeline.io.preprocess` makes the same model inputs from them, converting a
+            few slices at a time. NIfTI and DICOM pixels are float32 in [0, 1] either way.
 
     Returns:
-        The patient's slices, images `(N, H, W, 3)` float32 in [0, 1].
+        The patient's slices, images `(N, H, W, 3)` float32 in [0, 1] (uint8 with `as_uint8`
+        for Kaggle).
 
     Raises:
         ArchiveError: a file is unreadable (the message names it and says why);
@@ -343,7 +353,7 @@ def load_patient(
     check_patient_size(pixels, len(rows), str(rows["source"].iloc[0]), limits)
     ordered = rows.sort_values("slice", kind="stable")
     if fmt == "kaggle":
-        return _load_kaggle(patient, ordered, limits, flair_only)
+        return _load_kaggle(patient, ordered, limits, flair_only, as_uint8)
     if fmt == "nifti":
         return _load_nifti(patient, ordered, config, limits)
     if fmt == "dicom":

@@ -80,7 +80,7 @@ def load_slices(
         rows = table[(table["patient"] == patient) & table["has_mask"].astype(bool)]
         if rows.empty:
             continue
-        ps = load_patient(rows, config)
+        ps = load_patient(rows, config, as_uint8=True)  # the same inputs, less memory
         x = patient_inputs(ps.images, config)
         images.append(np.round(x * 255.0).astype(np.uint8))
         if ps.masks is None:

@@ -217,9 +217,9 @@ class PatientWork:
         p_normal: calibrated P(normal) per slice; flagged: slices routed to the segmenter.
         prob: the segmenter's masks of the flagged slices at model size, `(F, S, S)` bool
             (P(tumour) >= 0.5; binarised as each batch comes out, a quarter of the float maps).
-        flair: `(N, H, W)` uint8 FLAIR grey levels at native size (`viewer.gray_u8`), all the
-            writer needs of the pixels (`ps.images` keeps no channels once the model inputs are
-            made).
+        flair: `(N, H, W)` uint8 FLAIR grey levels at native size (`viewer.gray_u8`; a Kaggle
+            TIF's own FLAIR grey levels), all the writer needs of the pixels (`ps.images` keeps
+            no channels once the model inputs are made).
     """
 
     ps: Any
@@ -247,7 +247,8 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     clf, seg = models.classifier.preprocess, models.segmenter.preprocess
     # Models that read FLAIR alone never need the other channels' pixels in memory.
     flair_only = clf.reads_flair_only and seg.reads_flair_only
-    ps = load_patient(rows, clf, settings.limits, flair_only=flair_only)
+    # Kaggle slices stay uint8 until normalised a few at a time (no float copy of the patient).
+    ps = load_patient(rows, clf, settings.limits, flair_only=flair_only, as_uint8=True)
     # The classifier sees every slice: its channels are built now. The segmenter sees the flagged
     # slices only: its input stays compact (one FLAIR plane for the FLAIR modes) until then.
     if seg == clf:
@@ -259,7 +260,7 @@ def read_patient(rows: pd.DataFrame, models: TriageModels, settings: TriageSetti
     # The writer needs FLAIR alone, as display grey levels (viewer, thumbnail): keep those and let
     # the float pixels go, so a patient waiting for its models or its writer holds a quarter of
     # one channel.
-    flair = viewer.gray_u8(ps.images[..., 1])
+    flair = np.ascontiguousarray(viewer.gray_u8(ps.images[..., 1]))  # not a view of all channels
     ps = replace(ps, images=np.empty((*ps.images.shape[:3], 0), np.float32))
     return PatientWork(ps, x, xs, {"load": time.perf_counter() - start}, flair=flair)
 

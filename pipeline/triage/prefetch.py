@@ -7,7 +7,10 @@ a loader thread that stays at most `depth` items ahead, `compute` on the caller'
 ones are read and the previous one written, so a worker's time approaches its model time. At most
 `depth + 4` items are alive at once (one being read, `depth` waiting, one in the model, one
 waiting to be written, one being written), however long the archive: each stage drops its
-reference to an item once the next stage has it.
+reference to an item once the next stage has it. With a `weight` per item (a patient's slices) and
+a `budget`, the loader also starts an item only while the items alive weigh no more than the
+budget with it (or none is alive: an item heavier than the budget still runs, alone), so large
+items next to each other cannot pile up: what is in memory is bounded by weight, not by count.
 
 Results come out in input order. An exception in any stage of one item becomes that item's result
 through `fail(item, exc)`, and the other items go on. A stage may return `Finished(result)` to
@@ -77,10 +80,40 @@ def run_one(
     return _result(item, value, fail)
 
 
+class _Budget:
+    """The weight of the items alive (loading up to written), held below a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def take(self, weight: int, stop: threading.Event) -> bool:
+        """Wait until `weight` fits (or nothing is alive); False when the pipeline was stopped."""
+        with self.cond:
+            while self.used > 0 and self.used + weight > self.limit:
+                if stop.is_set():
+                    return False
+                self.cond.wait(_POLL_S)
+            self.used += weight
+            return True
+
+    def give(self, weight: int) -> None:
+        with self.cond:
+            self.used -= weight
+            self.cond.notify_all()
+
+
 class _Pipe:
     """The two queues and two threads of one `pipelined` call."""
 
-    def __init__(self, depth: int, watch: QueueWatch | None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        watch: QueueWatch | None,
+        weight: Callable[[Any], int] | None = None,
+        budget: int = 0,
+    ) -> None:
         self.loaded: queue.Queue[Any] = queue.Queue(maxsize=depth)
         # One behind: a slow disk holds the model back instead of piling up patients to write.
         self.computed: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -88,6 +121,11 @@ class _Pipe:
         self.stop = threading.Event()
         self.watch = watch
         self.errors: list[BaseException] = []  # a thread's own crash (not an item's failure)
+        self.weight = weight if weight is not None and budget > 0 else None
+        self.budget = _Budget(budget)
+
+    def weigh(self, item: Any) -> int:
+        return 0 if self.weight is None else max(int(self.weight(item)), 0)
 
     def put(self, name: str, q: queue.Queue[Any], value: Any) -> bool:
         """Put, waiting for room unless the pipeline is stopped; False when it was stopped."""
@@ -114,9 +152,9 @@ class _Pipe:
 def _loader(pipe: _Pipe, items: Iterable[Any], load: Stage) -> None:
     try:
         for item in items:
-            if pipe.stop.is_set() or not pipe.put(
-                "loaded", pipe.loaded, (item, _advance(load, item))
-            ):
+            if pipe.stop.is_set() or not pipe.budget.take(pipe.weigh(item), pipe.stop):
+                return
+            if not pipe.put("loaded", pipe.loaded, (item, _advance(load, item))):
                 return
     except BaseException as exc:  # the items iterable itself broke: end the run with it
         pipe.errors.append(exc)
@@ -129,7 +167,9 @@ def _writer(pipe: _Pipe, write: Stage, fail: Callable[[Any, Exception], Any]) ->
         while (got := pipe.get(pipe.computed)) is not _END:
             item, value = got
             pipe.results.put(_result(item, _advance(write, value), fail))
+            weight = pipe.weigh(item)
             del got, item, value  # release the patient's arrays before waiting for the next
+            pipe.budget.give(weight)  # only then may the loader start more
     except BaseException as exc:  # `fail` itself broke: a bug, not a patient's failure
         pipe.errors.append(exc)
         pipe.stop.set()
@@ -145,6 +185,8 @@ def pipelined(
     fail: Callable[[T, Exception], R],
     depth: int = 2,
     watch: QueueWatch | None = None,
+    weight: Callable[[T], int] | None = None,
+    budget: int = 0,
 ) -> Iterator[R]:
     """Run `write(compute(load(item)))` for every item, the three stages overlapped.
 
@@ -156,6 +198,10 @@ def pipelined(
         fail: (item, exception) -> the result of an item one of whose stages raised.
         depth: most items read and waiting for `compute`; 0 = no threads, one item at a time.
         watch: called after every put with the queue's name and size (tests, diagnostics).
+        weight: an item's weight (e.g. its slices; called on the loader and the writer thread,
+            so it must be cheap and give the same value each time); None = no weight bound.
+        budget: most total weight of the items alive, from the start of their loading to the
+            end of their writing (an item heavier than this runs alone); 0 = no bound.
 
     Yields:
         One result per item, in input order, as soon as it is written.
@@ -169,7 +215,7 @@ def pipelined(
         for item in items:
             yield run_one(item, load, compute, write, fail)
         return
-    pipe = _Pipe(depth, watch)
+    pipe = _Pipe(depth, watch, weight, budget)
     threads = [
         threading.Thread(target=_loader, args=(pipe, items, load), name="prefetch-loader"),
         threading.Thread(target=_writer, args=(pipe, write, fail), name="prefetch-writer"),

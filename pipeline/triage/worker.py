@@ -3,8 +3,9 @@
 `work_through(jobs)` runs `pipeline.triage.inference`'s three patient stages on
 `pipeline.triage.prefetch`'s bounded pipeline: while the models work on one patient, a loader thread
 reads the next ones (their manifest key, slices and preprocessing, at most `TriageSettings.prefetch`
-of them waiting) and a writer thread post-processes and writes the previous one, then hands freed
-memory back to the system (`release_freed_memory`). Its results are the `PatientResult`s
+of them waiting and at most `IN_FLIGHT_SLICES` slices in flight) and a writer thread
+post-processes and writes the previous one, then hands freed memory back to the system
+(`release_freed_memory`). Its results are the `PatientResult`s
 that `process_patient` gives for each job in turn, in the same order; `prefetch=0` is exactly
 that, in the caller's thread. A patient whose reading, models or writing fails comes back as its
 own `FAILED` result and the others go on.
@@ -90,6 +91,17 @@ def map_large_blocks() -> bool:
     return ok
 
 
+#: Most slices a worker holds in flight (read, waiting, in the models, being written) when it reads
+#: ahead: the next patient is read only while the patients in flight have fewer slices than this
+#: with it (a larger patient still runs, alone), so large patients next to each other do not pile
+#: up. Above what ten ordinary LGG patients keep in flight (22.6 slices on average).
+IN_FLIGHT_SLICES = 128
+
+
+def _slices(job: PatientJob) -> int:
+    return len(job.rows)
+
+
 def _shared(jobs: Sequence[PatientJob]) -> tuple[Path, dict[str, str | None], TriageSettings]:
     """The output folder, models and settings every job of one run shares."""
     first = jobs[0]
@@ -143,4 +155,6 @@ def work_through(jobs: Sequence[PatientJob], watch: QueueWatch | None = None) ->
         fail,
         settings.prefetch,
         watch,
+        weight=_slices,
+        budget=IN_FLIGHT_SLICES,
     )
