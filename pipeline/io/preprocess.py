@@ -333,8 +333,9 @@ def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
-    x = images if mode == "rgb" else images[..., 1:2]  # FLAIR: one plane
-    return unit_float(x) if mode == "rgb" else expand_inputs(unit_float(x), mode)
+    if mode == "rgb":
+        return unit_float(images)
+    return expand_inputs(unit_float(images[..., 1:2]), mode)  # FLAIR: one plane
 
 
 def patient_inputs(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
