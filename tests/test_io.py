@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import nibabel as nib
@@ -9,9 +10,17 @@ import numpy as np
 import pytest
 import tifffile
 
+from pipeline.io import slices as slices_module
 from pipeline.io.index import build_index
 from pipeline.io.nifti import sequence_role, write_nifti_mask
-from pipeline.io.slices import ArchiveError, load_nifti_case, load_patient, read_tif, write_tif_mask
+from pipeline.io.slices import (
+    ArchiveError,
+    load_nifti_case,
+    load_patient,
+    mask_tif_bytes,
+    read_tif,
+    write_tif_mask,
+)
 from pipeline.io.synthetic import write_synthetic_archive
 
 KAGGLE_PATIENT = "TCGA_CS_4941_19960909"  # 23 slices, 8 with tumour (PROVENANCE.md)
@@ -241,6 +250,23 @@ def test_write_tif_mask_is_0_255_uint8(tmp_path: Path) -> None:
     pixels = tifffile.imread(out)
     assert pixels.dtype == np.uint8 and set(np.unique(pixels)) == {0, 255}
     assert int((pixels == 255).sum()) == 4
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (240, 240), (7, 13), (1, 1)])
+def test_mask_tif_files_are_the_bytes_tifffile_writes(
+    shape: tuple[int, int], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(sum(shape))
+    masks = [np.zeros(shape, bool), np.ones(shape, bool), rng.random(shape) > 0.7]
+    masks.append(rng.integers(-3, 4, shape))  # numbers: > 0 is foreground, as before
+    for mask in masks:
+        reference = io.BytesIO()
+        pixels = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
+        tifffile.imwrite(reference, pixels, photometric="minisblack")
+        assert mask_tif_bytes(mask) == reference.getvalue()
+        out = write_tif_mask(mask, tmp_path / "m.tif", atomic=False)
+        assert np.array_equal(tifffile.imread(out), pixels)
+    assert slices_module._TIF_LAYOUTS[shape] is not None  # the fast layout was confirmed and used
 
 
 @pytest.mark.parametrize(

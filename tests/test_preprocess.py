@@ -234,3 +234,30 @@ def test_uint8_grey_levels_give_the_floats_levels_and_inputs(normalize: str) -> 
         np.testing.assert_array_equal(a, b)
     rgb = configs[0]
     np.testing.assert_array_equal(prepare_batch(grey, rgb), prepare_batch(floats, rgb))
+
+
+def test_uint8_levels_are_numpys_percentiles_bit_for_bit() -> None:
+    """The histogram path gives `np.percentile`'s figures exactly on many hand-made patients:
+    tiny and large samples, few distinct levels (ties at the percentiles), other percentiles."""
+    from pipeline.io.preprocess import BACKGROUND_LEVEL, grey_counts, unit_float, volume_levels
+
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        n, side = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        if trial % 3 == 0:  # a few levels only: many ties
+            grey = (rng.integers(0, 4, (n, side, side, 2)) * 60).astype(np.uint8)
+        else:
+            grey = rng.integers(0, 256, (n, side, side, 2), dtype=np.uint8)
+        low, high = sorted(rng.uniform(0, 100, 2)) if trial % 2 else (1.0, 99.0)
+        floats = unit_float(grey)
+        want = []
+        for c in range(2):
+            fg = floats[..., c][floats[..., c] > BACKGROUND_LEVEL]
+            pct = np.percentile(fg, [low, high]) if fg.size else None
+            want.append(None if pct is None else (float(pct[0]), float(pct[1])))
+        assert volume_levels(grey, low, high) == want
+    strided = rng.integers(0, 256, (3, 9, 9, 3), dtype=np.uint8)[:, ::2]  # not contiguous
+    for c in range(3):
+        assert np.array_equal(
+            grey_counts(strided, c), np.bincount(strided[..., c].ravel(), minlength=256)
+        )

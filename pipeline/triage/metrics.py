@@ -327,28 +327,42 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
         return 0.0
     if not t.any() or not p.any():
         return float("nan")
-    sp = [1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing]
-    # A mask's surface depends only on the box around it (plus one background voxel): the
+    sp = np.asarray(
+        [1.0 if not np.isfinite(float(s)) or float(s) <= 0 else float(s) for s in spacing]
+    )
+    # Both surfaces depend only on the box around the two masks (plus one background voxel): the
     # erosion sees the same neighbours there as in the whole volume. The surface-to-surface
     # distances are exact Euclidean nearest-neighbour queries (scipy's k-d tree) between the two
     # surfaces' voxel centres in `spacing` units: the same figures as distance transforms of the
     # volume, at a fraction of the work (on a whole LGG patient the transforms took longer than
-    # both models together).
+    # both models together). A voxel on both surfaces is 0 from each and needs no query: on a
+    # good mask that is a large share of them.
     from scipy.spatial import cKDTree
 
     from pipeline.triage.postprocess import bounding_box
 
-    def surface(m: np.ndarray) -> np.ndarray:
-        box = bounding_box(m, margin=1)
-        inner = m[box]
-        edge = inner & ~ndimage.binary_erosion(inner, border_value=0)
-        corner = np.array([b.start for b in box])
-        return (np.argwhere(edge) + corner) * np.asarray(sp)
+    box = bounding_box(t | p, margin=1)
+    t_in, p_in = t[box], p[box]
+    st = t_in & ~ndimage.binary_erosion(t_in, border_value=0)
+    spr = p_in & ~ndimage.binary_erosion(p_in, border_value=0)
+    both = st & spr
+    corner = np.array([b.start for b in box])
 
-    st, spr = surface(t), surface(p)
-    to_t, _ = cKDTree(st).query(spr)
-    to_p, _ = cKDTree(spr).query(st)
-    return float(np.percentile(np.concatenate([to_t, to_p]), 95))
+    def points(edge: np.ndarray) -> np.ndarray:
+        return (np.argwhere(edge) + corner) * sp
+
+    def nearest(surface: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Distance from each voxel of `others` to the nearest voxel of `surface`."""
+        if not others.any():
+            return np.zeros(0)
+        # Unbalanced, uncompacted: builds in half the time on grid points, same answers.
+        tree = cKDTree(points(surface), balanced_tree=False, compact_nodes=False)
+        return tree.query(points(others))[0]
+
+    dist = np.concatenate(
+        [np.zeros(2 * int(both.sum())), nearest(st, spr & ~both), nearest(spr, st & ~both)]
+    )
+    return float(np.percentile(dist, 95))
 
 
 def bootstrap_ci(
