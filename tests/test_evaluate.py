@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from pipeline import tracking
@@ -95,7 +96,13 @@ def test_no_train_scores_given_models(evaluated: dict[str, Any], tmp_path: Path)
         assert main(args) == 0
     result = json.loads((out / "evaluation.json").read_text())
     assert result["overall"]["patients"] == 8
-    assert result["folds"][0]["threshold"] == 0.5
+    fold = result["folds"][0]
+    assert fold["threshold"] == 0.5
+    # The held-out gate curve recomputes triage's own routing: its 0.5 row is the run's figures.
+    curve = pd.read_csv(out / "given-models" / "gate_curve.csv").set_index("threshold")
+    assert curve.loc[0.5, "gate_sensitivity_slice"] == pytest.approx(fold["gate_sensitivity_slice"])
+    assert curve.loc[0.5, "segmenter_calls_saved"] == pytest.approx(fold["segmenter_calls_saved"])
+    assert curve["segmenter_calls_saved"].is_monotonic_decreasing  # stricter: fewer normal calls
     assert main(["evaluate", str(evaluated["archive"]), "--no-train", "--out", str(out)]) == 2
 
 

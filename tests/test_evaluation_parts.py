@@ -269,3 +269,30 @@ def test_truth_metrics_count_labelled_slices_only_and_masks_are_not_copied() -> 
     assert part == same and part.dice is not None
     assert metrics.as_bool(gt) is gt  # bool masks pass through uncopied
     assert metrics.as_bool(np.array([0.0, 0.4, -1.0])).tolist() == [False, True, True]
+
+
+def test_gate_curve_counts_what_each_threshold_would_route() -> None:
+    from pipeline.learn.evaluate import PatientEval, gate_curve
+
+    def patient(labels: list[int], p_tumour: list[float]) -> PatientEval:
+        y, p = np.array(labels), np.array(p_tumour, float)
+        nan = float("nan")
+        return PatientEval(0, "x", y, p, np.ones(len(y), bool), nan, nan, nan, None)
+
+    a = patient([0, 0, 1, 1, 0], [0.05, 0.10, 0.60, 0.30, 0.02])  # P(normal) .95 .9 .4 .7 .98
+    b = patient([0, 1, 0], [0.20, 0.15, float("nan")])  # P(normal) .8 .85 NaN
+    curve = gate_curve([a, b], reach=0, thresholds=(0.5, 0.8, 0.9)).set_index("threshold")
+    # 0.5: normal = .95 .9 .7 .98 | .8 .85 -> tumour slices kept: the .4 one only (1 of 3).
+    assert curve.loc[0.5, "gate_sensitivity_slice"] == pytest.approx(1 / 3)
+    assert curve.loc[0.5, "segmenter_calls_saved"] == pytest.approx(6 / 8)
+    assert curve.loc[0.5, "tumour_patients_lost"] == 1  # b's one tumour slice dropped
+    assert curve.loc[0.5, "gate_sensitivity_patient"] == pytest.approx(0.5)
+    # 0.9: normal = .95 .9 .98 only; the NaN slice is always segmented.
+    assert curve.loc[0.9, "gate_sensitivity_slice"] == 1.0
+    assert curve.loc[0.9, "segmenter_calls_saved"] == pytest.approx(3 / 8)
+    assert curve.loc[0.9, "tumour_patients_lost"] == 0
+    # A z context of 1 routes on each neighbourhood's least P(normal): a's .7 slice sits next to
+    # the .4 one and b's tumour slice next to the failed one, so at 0.5 all three are segmented.
+    ctx = gate_curve([a, b], reach=1, thresholds=(0.5,)).set_index("threshold")
+    assert ctx.loc[0.5, "gate_sensitivity_slice"] == 1.0
+    assert ctx.loc[0.5, "segmenter_calls_saved"] == pytest.approx(3 / 8)  # windows .9 .7 | .8

@@ -228,6 +228,64 @@ def triage_held_out(
     return evals, info
 
 
+#: P(normal) thresholds of the held-out gate curve (`gate_curve`).
+CURVE_THRESHOLDS: tuple[float, ...] = (
+    *(round(0.05 * k, 2) for k in range(1, 20)),
+    0.99,
+    0.995,
+    0.999,
+)
+
+
+def gate_curve(
+    evals: Sequence[PatientEval], reach: int, thresholds: Sequence[float] = CURVE_THRESHOLDS
+) -> pd.DataFrame:
+    """The gate's trade-off on held-out patients: what each P(normal) threshold would have done.
+
+    From the calibrated P(tumour) each slice was routed with (its `report.json`) and the run's z
+    context: slice and patient sensitivity, the share of segmenter calls saved, and the tumour
+    patients whose every tumour slice the gate would have dropped. A reading aid for choosing a
+    threshold for one's own data (`triage --threshold`); the run's own operating point was chosen
+    on validation patients, and picking it off this table would be choosing it on the test
+    patients, so this table is logged beside the results, never used by them.
+
+    Args:
+        evals: held-out patients (`PatientEval`); slices whose prediction failed (NaN) are
+            always segmented, as in triage.
+        reach: the gate's z context (`pipeline.triage.rule.context_p_normal`).
+        thresholds: P(normal) thresholds, one row each.
+
+    Returns:
+        One row per threshold: `threshold`, `gate_sensitivity_slice`, `gate_sensitivity_patient`
+        (mean over tumour patients of "any tumour slice segmented"), `segmenter_calls_saved`,
+        `tumour_patients_lost` (count).
+    """
+    from pipeline.triage.rule import context_p_normal
+
+    gate = [context_p_normal(1.0 - p.p_tumour, reach) for p in evals]
+    labels = [p.labels == 1 for p in evals]
+    slices = sum(len(g) for g in gate)
+    tumour = sum(int(y.sum()) for y in labels)
+    rows = []
+    for thr in thresholds:
+        # NaN compares False: a failed slice is never called normal (route_slices' rule).
+        flagged = [~(g >= thr) for g in gate]
+        caught = sum(int((f & y).sum()) for f, y in zip(flagged, labels, strict=True))
+        hit = [bool((f & y).any()) for f, y in zip(flagged, labels, strict=True) if y.any()]
+        rows.append(
+            {
+                "threshold": float(thr),
+                "gate_sensitivity_slice": _share(caught, tumour),
+                "gate_sensitivity_patient": _mean([float(h) for h in hit]),
+                "segmenter_calls_saved": _share(
+                    slices - sum(int(f.sum()) for f in flagged), slices
+                ),
+                "tumour_patients_lost": int(len(hit) - sum(hit)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def stage_recipe(
     config: EvalConfig, plan: Any, stage: str, model: str, options: Mapping[str, Any], data: str
 ) -> dict[str, Any]:
@@ -417,6 +475,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
                 extra.update({k: v for k, v in info.items() if k != "threshold_source"})
                 m = cascade_metrics(evals, config.n_boot, config.seed)
                 tracking.log_metrics(fold_run, {**m, **extra})
+                curve = gate_curve(evals, int(info["gate_context"]))
+                curve.to_csv(fold_dir / "gate_curve.csv", index=False)
+                tracking.log_table(fold_run, curve, "gate_curve")
                 tracking.set_tags(fold_run, {"threshold_source": info["threshold_source"]})
                 rows.append(_fold_row(fold, m, extra))
                 every.extend(evals)
@@ -526,4 +587,8 @@ def cli_evaluate(args: Any) -> int:
         return 2
     print(format_table(result))
     print(f"per-patient rows: {result['patients_csv']}\nMLflow run: {result['run_id']}")
+    print(
+        "held-out gate trade-off per threshold (reading only: the run's threshold was chosen on "
+        f"validation patients): {Path(result['out']) / '<fold>' / 'gate_curve.csv'}"
+    )
     return 0
