@@ -352,6 +352,20 @@ def apply_levels(
     return out
 
 
+def level_table(
+    levels: Sequence[tuple[float, float] | None] | None, channels: int
+) -> np.ndarray | None:
+    """`(256, channels)` float32: `apply_levels` of each uint8 grey level (None without levels).
+
+    `table[grey, c]` is exactly what `apply_levels` gives a pixel of that grey level in channel
+    `c` (the same float32 arithmetic on the same value), so a lookup replaces the per-pixel work.
+    """
+    if levels is None:
+        return None
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, axis=1)
+    return apply_levels(grey[None, None], levels)[0, 0]
+
+
 def normalize_volume(images: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
     """Re-scale every channel of one patient's slices to percentiles of its own foreground.
 
@@ -451,13 +465,23 @@ def compact_inputs(
         for i in members:
             size = configs[i].image_size
             smalls[i] = np.empty((len(planes), size, size, planes.shape[-1]), np.float32)
+        # uint8 grey levels with levels: each channel's normalised value is a function of its
+        # 256 grey levels, so `apply_levels` runs once on them and the pixels are looked up.
+        table = level_table(levels, planes.shape[-1]) if planes.dtype == np.uint8 else None
         scratch: np.ndarray | None = None
         for start in range(0, len(planes), CHUNK_SLICES):
-            chunk = unit_float(planes[start : start + CHUNK_SLICES])
+            part = planes[start : start + CHUNK_SLICES]
             if levels is not None:
-                if scratch is None or len(scratch) != len(chunk):
-                    scratch = np.empty(chunk.shape, np.float32)
-                chunk = apply_levels(chunk, levels, out=scratch)
+                if scratch is None or len(scratch) != len(part):
+                    scratch = np.empty(part.shape, np.float32)
+                if table is not None:
+                    for c in range(part.shape[-1]):
+                        scratch[..., c] = table[part[..., c], c]
+                    chunk = scratch
+                else:
+                    chunk = apply_levels(part, levels, out=scratch)
+            else:
+                chunk = unit_float(part)
             for i in members:
                 smalls[i][start : start + len(chunk)] = resize_image(chunk, configs[i].image_size)
     out = []
