@@ -42,6 +42,7 @@ RECIPE_OPTIONS = (
     "precision",
     "patience",
     "min_sensitivity",
+    "min_saved",
     "gate_context",
 )
 

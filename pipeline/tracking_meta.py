@@ -114,7 +114,13 @@ def model_card(
         lines.append(
             f"**Operating point**: a slice is normal when {where} >= "
             f"{num(info['operating_point'])} (validation sensitivity "
-            f">= {num(info.get('min_sensitivity'))}); temperature {num(info.get('temperature'))}."
+            f">= {num(info.get('min_sensitivity'))}"
+            + (
+                f", then raised while calling {num(info['min_saved'])} of it normal"
+                if info.get("min_saved") is not None
+                else ""
+            )
+            + f"); temperature {num(info.get('temperature'))}."
         )
     keys = ("roc_auc", "sensitivity_at_operating_point", "normal_fraction_at_operating_point")
     shown = [k for k in (*keys, "dice", "iou") if k in test]

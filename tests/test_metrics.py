@@ -75,6 +75,48 @@ def test_operating_point_allows_two_percent_misses() -> None:
     assert np.isnan(metrics.operating_point([0, 0], [0.5, 0.9])["threshold"])
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, width=32), min_size=1, max_size=80),
+    st.lists(st.floats(0, 1, width=32), min_size=0, max_size=80),
+    st.floats(0, 1),
+)
+def test_min_saved_spends_the_calls_saved_share_on_sensitivity(
+    pos: list[float], neg: list[float], share: float
+) -> None:
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    p_normal = np.r_[pos, neg].astype(np.float32)
+    plain = metrics.operating_point(y, p_normal, 0.98)
+    op = metrics.operating_point(y, p_normal, 0.98, min_saved=share)
+    assert op["sensitivity_threshold"] == plain["threshold"]
+    assert op["threshold"] >= plain["threshold"]  # never less strict than the sensitivity rule
+    assert op["sensitivity"] >= plain["sensitivity"]
+    if op["threshold"] > plain["threshold"]:  # raised: the share is still called normal ...
+        assert op["normal_fraction"] >= share - 1e-9
+        # ... and it is the strictest such threshold: one float32 step up calls fewer normal.
+        up = float(np.nextafter(np.float32(op["threshold"]), np.float32(np.inf)))
+        assert np.mean(p_normal >= up) < share - 1e-9
+
+
+def test_min_saved_on_a_hand_made_validation_set() -> None:
+    # 10 slices: 4 tumour at P(normal) .1 .2 .3 .6, 6 normal at .5 .7 .8 .9 .95 .99.
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    pn = np.array([0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], np.float32)
+    plain = metrics.operating_point(y, pn, 0.75)  # one tumour slice may be missed: t* > .3
+    assert plain["threshold"] == pytest.approx(0.3, abs=1e-6)
+    assert plain["sensitivity"] == 0.75 and plain["normal_fraction"] == 0.7
+    # Half the slices still called normal: the 5th highest P(normal), 0.7; the .6 tumour slice
+    # is segmented now.
+    op = metrics.operating_point(y, pn, 0.75, min_saved=0.5)
+    assert op["threshold"] == pytest.approx(0.7, abs=1e-6)
+    assert op["normal_fraction"] == 0.5 and op["sensitivity"] == 1.0
+    # A share the sensitivity rule already misses: t* stands.
+    op = metrics.operating_point(y, pn, 0.75, min_saved=0.9)
+    assert op["threshold"] == op["sensitivity_threshold"] == plain["threshold"]
+    with pytest.raises(ValueError, match="min_saved"):
+        metrics.operating_point(y, pn, 0.75, min_saved=1.5)
+
+
 def test_dice_iou_per_slice_empty_empty_is_one() -> None:
     t = np.zeros((3, 4, 4), bool)
     p = np.zeros((3, 4, 4), bool)

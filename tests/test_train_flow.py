@@ -44,6 +44,7 @@ def trained(
         mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(tmp / "artifacts"))
         clf = ["--backbone", "vgg16", "--weights", "none", "--save", str(tmp / "clf")]
         clf += ["--gate-context", "1"]  # the operating point is chosen for a gate looking along z
+        clf += ["--min-saved", "0.3"]  # ... then raised while 30% of validation is called normal
         clf += ["--pretrain-epochs", str(PRETRAIN_EPOCHS)]  # the encoder learns the masks first
         rc_clf = main(["train", "classifier", "--archive", str(archive), *clf, *COMMON])
         rc_seg = main(["train", "segmenter", "--archive", str(archive), *COMMON, "--lr", "1e-3"])
@@ -118,6 +119,14 @@ def test_test_metrics_and_operating_point(trained: dict[str, Any]) -> None:
         assert 0.0 <= clf[key] <= 1.0, key
     assert clf["test_tp"] + clf["test_fn"] > 0 and 0.0 <= clf["operating_point"] <= 1.0 + 1e-6
     assert clf["best_val_operating_point_sensitivity"] >= 0.98
+    # --min-saved never lowers the sensitivity rule's threshold; when it raised it, validation
+    # still calls 30% of its slices normal.
+    t_star = clf["best_val_operating_point_sensitivity_threshold"]
+    assert clf["operating_point"] >= t_star
+    if clf["operating_point"] > t_star:
+        assert clf["best_val_operating_point_normal_fraction"] >= 0.3
+    params = _run(trained, "classifier")["params"]
+    assert params["min_saved"] == "0.3"
     assert 0.0 <= clf["test_normal_fraction_at_operating_point"] <= 1.0
     seg = _run(trained, "segmenter")["metrics"]
     for key in ("test_dice_patient_mean", "test_iou_slice_mean", "test_all_dice_slice_mean"):

@@ -327,6 +327,14 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         help=f"validation slice sensitivity the operating point keeps (default {MIN_SENSITIVITY})",
     )
     t.add_argument(
+        "--min-saved",
+        type=float,
+        default=None,
+        metavar="S",
+        help="classifier: then raise the operating point as far as it still calls a share S of "
+        "validation slices normal (spend the calls-saved target on sensitivity; default: off)",
+    )
+    t.add_argument(
         "--gate-context",
         type=int,
         default=None,
@@ -401,6 +409,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="gate z context: the folds' classifiers choose their operating points with it and "
         "triage uses it (default: the preset's when training, else each classifier's logged one)",
+    )
+    p.add_argument(
+        "--min-saved",
+        type=float,
+        metavar="S",
+        help="the folds' classifiers raise their operating points as far as they still call a "
+        "share S of validation slices normal (see `train classifier --min-saved`)",
     )
     _handler(p, "pipeline.learn.evaluate:cli_evaluate")
 

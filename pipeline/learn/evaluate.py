@@ -562,7 +562,10 @@ def cli_evaluate(args: Any) -> int:
         segmenter=args.segmenter,
         n_boot=args.n_boot,
         classifier_options=stage_options(
-            args.classifier_size, args.classifier_epochs, gate_context=context
+            args.classifier_size,
+            args.classifier_epochs,
+            gate_context=context,
+            min_saved=getattr(args, "min_saved", None),
         ),
         segmenter_options=stage_options(args.segmenter_size, args.segmenter_epochs),
         triage_options={

@@ -43,6 +43,9 @@ def check_recipe(config: Any) -> None:
         raise ValueError(f"empty_fraction must be in [0, 1), got {config.empty_fraction}")
     if config.weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    min_saved = getattr(config, "min_saved", None)
+    if min_saved is not None and not 0.0 <= min_saved <= 1.0:
+        raise ValueError(f"min_saved must be a share in [0, 1], got {min_saved}")
 
 
 def monitor_of(config: Any) -> tuple[str, str]:

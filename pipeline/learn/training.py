@@ -75,6 +75,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     triage_threshold: float = metrics.TRIAGE_THRESHOLD
     min_sensitivity: float = metrics.MIN_SENSITIVITY
+    min_saved: float | None = None
     gate_context: int = 0
     save: str | None = None
     preset: str = "none"
@@ -305,7 +306,7 @@ def evaluate_classifier(
     p_val = calibration.apply_temperature(raw_val, temperature)
     # The gate's own input: each slice's least P(normal) within its z context (same patient).
     gate_val = rule.context_p_normal(1.0 - p_val, config.gate_context, val.patients)
-    op = metrics.operating_point(val.labels, gate_val, config.min_sensitivity)
+    op = metrics.operating_point(val.labels, gate_val, config.min_sensitivity, config.min_saved)
     val_m = metrics.classification_metrics(
         val.labels, p_val, triage_threshold=config.triage_threshold
     )
@@ -484,6 +485,7 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
                 operating_point=val_m["operating_point"],
                 triage_threshold=config.triage_threshold,
                 min_sensitivity=config.min_sensitivity,
+                min_saved=config.min_saved,
                 gate_context=config.gate_context,
                 temperature=val_m["temperature"],
             )
