@@ -27,6 +27,7 @@ from pipeline.io import manifest
 from pipeline.io.safety import clean_reason, output_name
 from pipeline.triage import report, viewer
 from pipeline.triage.calibration import gate_p_normal, model_temperature
+from pipeline.triage.metrics import slice_counts
 from pipeline.triage.postprocess import remove_isolated_3d, remove_small_components
 from pipeline.triage.postprocess import threshold_probabilities as binarise
 from pipeline.triage.predictor import BatchPredictor
@@ -353,8 +354,8 @@ def write_patient(
     pred = _postprocess(work, settings)
     post = time.perf_counter()
     n = len(ps.slices)
-    gt_px = None if ps.masks is None else ps.masks.sum(axis=(1, 2))
-    px = pred.sum(axis=(1, 2))
+    gt_px = None if ps.masks is None else slice_counts(ps.masks)
+    px = slice_counts(pred)
     recs = report.slice_records(ps.slices, p_normal, flagged, px, ps.spacing, gt_px)
     findings = report.patient_summary(recs, ps.spacing)
     rep: dict[str, Any] = {
