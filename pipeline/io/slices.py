@@ -149,7 +149,7 @@ def _tif_layout(shape: tuple[int, int]) -> tuple[bytes, int] | None:
         full = _tif_bytes(np.full(shape, 255, np.uint8))
         size = shape[0] * shape[1]
         layout = None
-        if len(empty) == len(full):
+        if size and len(empty) == len(full):
             diff = np.flatnonzero(np.frombuffer(empty, np.uint8) != np.frombuffer(full, np.uint8))
             if diff.size == size and diff[-1] - diff[0] == size - 1:
                 layout = (empty, int(diff[0]))
