@@ -221,6 +221,13 @@ def test_presets_and_precedence() -> None:
     assert (cpu.gate_context, cpu.min_sensitivity) == (1, 0.99)  # the gate looks along z
     plain = TrainConfig.create("classifier", "x", "resnet50", weights="none")
     assert (plain.gate_context, plain.min_sensitivity) == (0, 0.98)  # no preset: slice alone
+    # The calls-saved share spent on sensitivity (rule B): the presets' 0.45; none without one;
+    # an explicit 0 turns it off; a share outside [0, 1] is refused before any training.
+    assert (cpu.min_saved, plain.min_saved) == (0.45, None)
+    zero = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", min_saved=0.0)
+    assert zero.min_saved == 0.0
+    with pytest.raises(ValueError, match="min_saved"):
+        TrainConfig.create("classifier", "x", "resnet50", preset="cpu", min_saved=1.5)
     with pytest.raises(ValueError, match="gate_context is the classifier's"):
         TrainConfig.create("segmenter", "x", "resunet", gate_context=1)
     mine = TrainConfig.create(

@@ -14,7 +14,9 @@ are logged with every run, so a run can be repeated from its MLflow params alone
   learns to draw nothing. Without ImageNet weights the classifier's backbone is first trained for
   8 epochs as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the
   head. The gate looks 1 slice either side (`pipeline.triage.rule.context_p_normal`) and its
-  operating point keeps validation slice sensitivity >= 0.99.
+  operating point keeps validation slice sensitivity >= 0.99, then is raised as far as validation
+  still calls 45% of its slices normal (`--min-saved`: the calls-saved target spent on sensitivity;
+  rule B of docs/ACCURACY.md, fold 4).
 - `gpu`: the `cpu` recipe at 256 px with a longer schedule and mixed precision.
 """
 
@@ -61,6 +63,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "select": "auto",
             "patience": 8,
             "min_sensitivity": 0.99,
+            "min_saved": 0.45,
             "gate_context": 1,
         },
         "segmenter": {
