@@ -260,7 +260,7 @@ def gate_curve(
         (mean over tumour patients of "any tumour slice segmented"), `segmenter_calls_saved`,
         `tumour_patients_lost` (count).
     """
-    from pipeline.triage.rule import context_p_normal
+    from pipeline.triage.rule import context_p_normal, route_slices
 
     gate = [context_p_normal(1.0 - p.p_tumour, reach) for p in evals]
     labels = [p.labels == 1 for p in evals]
@@ -268,8 +268,7 @@ def gate_curve(
     tumour = sum(int(y.sum()) for y in labels)
     rows = []
     for thr in thresholds:
-        # NaN compares False: a failed slice is never called normal (route_slices' rule).
-        flagged = [~(g >= thr) for g in gate]
+        flagged = [route_slices(g, thr) for g in gate]  # triage's own rule (NaN: segmented)
         caught = sum(int((f & y).sum()) for f, y in zip(flagged, labels, strict=True))
         hit = [bool((f & y).any()) for f, y in zip(flagged, labels, strict=True) if y.any()]
         rows.append(
