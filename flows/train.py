@@ -44,6 +44,7 @@ RECIPE_OPTIONS = (
     "min_sensitivity",
     "min_saved",
     "gate_context",
+    "ema",
 )
 
 

@@ -303,3 +303,44 @@ def test_gate_curve_counts_what_each_threshold_would_route() -> None:
     ctx = gate_curve([a, b], reach=1, thresholds=(0.5,)).set_index("threshold")
     assert ctx.loc[0.5, "gate_sensitivity_slice"] == 1.0
     assert ctx.loc[0.5, "segmenter_calls_saved"] == pytest.approx(3 / 8)  # windows .9 .7 | .8
+
+
+def test_ema_validates_selects_and_keeps_the_averaged_weights(monkeypatch) -> None:
+    """`ema` > 0: the run ends on the moving average (a slow one barely leaves the start), its
+    validation loss is the average's, and a momentum outside [0, 1) is refused before training."""
+    import keras
+
+    from pipeline.learn import recipe_fit
+    from pipeline.learn.training import TrainConfig
+
+    with pytest.raises(ValueError, match="ema must be a momentum"):
+        TrainConfig.create("segmenter", "x", "resunet", ema=1.0)
+    monkeypatch.setattr(recipe_fit, "_epoch_logger", lambda run_id: keras.callbacks.Callback())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 3.0], dtype="float32"))[:, None]
+
+    def run(ema: float) -> tuple[np.ndarray, keras.Model, dict]:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        config = TrainConfig.create(
+            "segmenter", "x", "resunet", epochs=4, lr=0.1, patience=10, ema=ema
+        )
+        model.compile(optimizer=recipe_fit.make_optimizer(config, 8), loss="mse")
+        start = model.get_weights()[0].copy()
+        fitted = recipe_fit.fit(model, x, (x, y), config, "", y=y, batch_size=8)
+        return start, model, fitted
+
+    start, raw, _ = run(0.0)
+    start_avg, averaged, fitted = run(0.999)
+    np.testing.assert_array_equal(start, start_avg)  # same seed, same start
+    moved_raw = float(np.linalg.norm(raw.get_weights()[0] - start))
+    moved_avg = float(np.linalg.norm(averaged.get_weights()[0] - start))
+    assert moved_raw > 1.0  # the raw weights learnt the map
+    # 32 steps at momentum 0.999 keep ~97% of the start in the average: it barely moved.
+    assert moved_avg < 0.1 * moved_raw
+    # The kept model is the best epoch's average, and the logged validation loss is its own.
+    best = fitted["best_epoch"] - 1
+    own = float(averaged.evaluate(x, y, verbose=0))
+    assert fitted["history"]["val_loss"][best] == pytest.approx(own, rel=1e-4)
+    assert own > 5 * float(raw.evaluate(x, y, verbose=0))  # not the raw weights' loss

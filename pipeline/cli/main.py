@@ -336,6 +336,14 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         "0.45 in the cpu and gpu presets; 0 turns it off)",
     )
     t.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="M",
+        help="keep an exponential moving average of the weights (momentum M per step, e.g. "
+        "0.99) and validate, select and save it instead of the raw weights (default 0 = off)",
+    )
+    t.add_argument(
         "--gate-context",
         type=int,
         default=None,
@@ -389,6 +397,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter-size", type=int, help="override the preset's image size")
     p.add_argument("--classifier-epochs", type=int, help="override the preset's epochs")
     p.add_argument("--segmenter-epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--segmenter-ema",
+        type=float,
+        metavar="M",
+        help="train the folds' segmenters with a moving average of their weights (see `train "
+        "segmenter --ema`)",
+    )
     p.add_argument(
         "--lone-slice-area",
         type=int,

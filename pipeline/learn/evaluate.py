@@ -566,7 +566,9 @@ def cli_evaluate(args: Any) -> int:
             gate_context=context,
             min_saved=getattr(args, "min_saved", None),
         ),
-        segmenter_options=stage_options(args.segmenter_size, args.segmenter_epochs),
+        segmenter_options=stage_options(
+            args.segmenter_size, args.segmenter_epochs, ema=getattr(args, "segmenter_ema", None)
+        ),
         triage_options={
             k: v
             for k, v in (

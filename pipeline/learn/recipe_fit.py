@@ -43,6 +43,9 @@ def check_recipe(config: Any) -> None:
         raise ValueError(f"empty_fraction must be in [0, 1), got {config.empty_fraction}")
     if config.weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    ema = getattr(config, "ema", 0.0)
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be a momentum in [0, 1) (0 = off), got {ema}")
     min_saved = getattr(config, "min_saved", None)
     if min_saved is not None and not 0.0 <= min_saved <= 1.0:
         raise ValueError(f"min_saved must be a share in [0, 1], got {min_saved}")
@@ -57,7 +60,9 @@ def monitor_of(config: Any) -> tuple[str, str]:
 
 def make_optimizer(config: Any, steps_per_epoch: int) -> Any:
     """Adam or AdamW; a constant rate (halved on plateau by `fit`) or linear warm-up then cosine
-    decay to 1% over the whole run."""
+    decay to 1% over the whole run. With `config.ema` > 0 the optimiser also keeps an exponential
+    moving average of the trainable weights (Polyak averaging, that momentum per step), which
+    `fit` validates, selects and keeps in place of the raw weights."""
     import keras
 
     lr: Any = config.lr
@@ -71,9 +76,13 @@ def make_optimizer(config: Any, steps_per_epoch: int) -> Any:
             warmup_target=config.lr if warm else None,
             warmup_steps=warm,
         )
+    ema = float(getattr(config, "ema", 0.0))
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.AdamW(
+            learning_rate=lr, weight_decay=config.weight_decay, **averaging
+        )
+    return keras.optimizers.Adam(learning_rate=lr, **averaging)
 
 
 def _score_callback(stage: str, val: Any, batch: int) -> Any:
@@ -132,6 +141,11 @@ def fit(
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.weights.h5"
         callbacks: list[Any] = []
+        if getattr(config, "ema", 0.0) > 0:
+            # First, so that every callback after it (the selection score, early stopping's
+            # best weights, the checkpoint) sees the averaged weights at each epoch's end;
+            # validation loss is computed on them too.
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if config.select == "auto" and score_val is not None:
             callbacks.append(_score_callback(config.stage, score_val, config.batch))
         else:

@@ -83,6 +83,7 @@ class TrainConfig:
     schedule: str = "plateau"
     warmup: float = 0.0
     weight_decay: float = 1e-4
+    ema: float = 0.0
     input_mode: str = "rgb"
     normalize: str = "none"
     empty_fraction: float = 0.0
