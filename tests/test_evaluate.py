@@ -21,6 +21,7 @@ from pipeline import tracking
 from pipeline.cli.main import main
 from pipeline.io.synthetic import write_synthetic_archive
 from pipeline.learn.evaluate import EXPERIMENT, STATISTICS
+from pipeline.learn.recipes import PRESETS
 
 pytestmark = pytest.mark.slow
 PATIENT_KEY = re.compile(r"SYN_\d{4}")
@@ -131,3 +132,12 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert main([*base, *changed]) == 0  # the same again: nothing to train
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and fold["segmenter_reused"] == 1
+        assert seg["recipe"]["resolved"]["epochs"] == 2  # every value training resolved
+        assert seg["recipe"]["resolved"]["empty_fraction"] == 0.3  # the preset's, recorded
+        # A preset whose values changed since (a new version) retrains what it trained.
+        mp.setitem(PRESETS["cpu"]["segmenter"], "empty_fraction", 0.25)
+        assert main([*base, *changed]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
+        seg = json.loads((fold_dir / "segmenter.recipe.json").read_text())
+        assert seg["recipe"]["resolved"]["empty_fraction"] == 0.25

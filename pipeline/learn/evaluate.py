@@ -16,6 +16,7 @@ pseudonyms (`fold-patient number`), never patient keys; the keys stay in the loc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -285,15 +286,27 @@ def gate_curve(
     return pd.DataFrame(rows)
 
 
+#: `TrainConfig` fields that do not change what a fold model learns (where it is saved, logged).
+_NOT_RECIPE = ("archive", "save", "promote", "register", "experiment", "parent_run_id")
+
+
 def stage_recipe(
-    config: EvalConfig, plan: Any, stage: str, model: str, options: Mapping[str, Any], data: str
+    config: EvalConfig,
+    plan: Any,
+    stage: str,
+    model: str,
+    options: Mapping[str, Any],
+    data: str,
+    resolved: Any = None,
 ) -> dict[str, Any]:
-    """What decides a fold model: the data and its split, the stage's model, preset and options.
+    """What decides a fold model: the data and its split, the stage's model, preset and options,
+    and (`resolved`, the stage's `TrainConfig`) every value training resolved from them.
 
     Two runs whose recipes are equal train the same model (up to run-to-run noise), so
-    `--resume` may reuse the first one's; anything else (a new split, archive, option) retrains.
+    `--resume` may reuse the first one's; anything else (a new split, archive, option, or a
+    preset whose values changed since) retrains.
     """
-    return {
+    recipe = {
         "stage": stage,
         "model": model,
         "preset": config.preset,
@@ -304,6 +317,10 @@ def stage_recipe(
         "dataset_fingerprint": data,
         "split_hash": split_hash(plan.splits),
     }
+    if resolved is not None:
+        values = dataclasses.asdict(resolved)
+        recipe["resolved"] = {k: values[k] for k in sorted(values) if k not in _NOT_RECIPE}
+    return recipe
 
 
 def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | None:
@@ -345,13 +362,6 @@ def train_fold(
         ("classifier", config.backbone, config.classifier_options),
         ("segmenter", config.arch, config.segmenter_options),
     ):
-        recipe = stage_recipe(config, plan, stage, model, options, data)
-        reused = _reusable(fold_dir, stage, recipe) if config.resume else None
-        if reused is not None:
-            log.info("evaluate: reusing the %s in %s (same split and recipe)", stage, fold_dir)
-            paths[stage] = str(fold_dir / f"{stage}.keras")
-            seconds[f"{stage}_s"], seconds[f"{stage}_reused"] = reused, 1.0
-            continue
         extra = {"weights": config.weights} if stage == "classifier" else {}
         train_config = TrainConfig.create(
             stage,
@@ -365,6 +375,13 @@ def train_fold(
             save=str(fold_dir / stage),
             **{**extra, **dict(options)},
         )
+        recipe = stage_recipe(config, plan, stage, model, options, data, train_config)
+        reused = _reusable(fold_dir, stage, recipe) if config.resume else None
+        if reused is not None:
+            log.info("evaluate: reusing the %s in %s (same split and recipe)", stage, fold_dir)
+            paths[stage] = str(fold_dir / f"{stage}.keras")
+            seconds[f"{stage}_s"], seconds[f"{stage}_reused"] = reused, 1.0
+            continue
         started = time.perf_counter()
         result = train_and_log(train_config, plan)
         seconds[f"{stage}_s"] = time.perf_counter() - started
