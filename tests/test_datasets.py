@@ -51,6 +51,29 @@ def test_load_slices_and_class_weights(archive: Path) -> None:
     assert class_weights(np.zeros(4)) == {0: 0.5, 1: 1.0}
 
 
+def test_validation_slices_are_triage_s_own_float_inputs(archive: Path) -> None:
+    """`exact=True` keeps the float inputs triage computes (operating point and checkpoint are
+    chosen on them); the training copy is the same values rounded to uint8 levels."""
+    from pipeline.io.preprocess import patient_inputs
+    from pipeline.io.slices import load_patient
+
+    plan = plan_data(str(archive))
+    config = PreprocessConfig(image_size=32, input_mode="flair25d", normalize="volume")
+    patient = plan.splits["val"][0]
+    exact = load_slices(plan.table, [patient], config, exact=True)
+    rounded = load_slices(plan.table, [patient], config)
+    rows = plan.table[plan.table["patient"] == patient]
+    triage = patient_inputs(load_patient(rows, config).images, config)
+    assert exact.images.dtype == np.float32
+    np.testing.assert_array_equal(exact.images, triage)
+    np.testing.assert_array_equal(rounded.images, np.round(triage * 255.0).astype(np.uint8))
+    assert np.abs(exact.images - rounded.float_images()).max() > 0  # the rounding is real
+    fed = np.concatenate(
+        [x.numpy() for x, _ in make_dataset(exact, "classifier", 4, training=False)]
+    )
+    np.testing.assert_array_equal(fed, triage)  # the pipeline passes them through untouched
+
+
 def _blob_arrays(n: int = 16, size: int = 48) -> SliceArrays:
     """Slices whose FLAIR channel is exactly the (off-centre, asymmetric) mask."""
     yy, xx = np.mgrid[:size, :size]

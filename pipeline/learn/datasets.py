@@ -2,8 +2,9 @@
 
 Decoding (TIF/NIfTI) and resizing go through `pipeline.io.slices.load_patient` and
 `pipeline.io.preprocess.patient_inputs` once per patient, so training sees exactly the pixels triage
-will; the arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1] floats in
-the pipeline. Augmentation (train only) is applied to image and mask together: horizontal flip,
+will; the training arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1] floats
+in the pipeline; validation and test slices (`exact=True`) keep triage's own float inputs, so the
+operating point, temperature and checkpoint are chosen on the very numbers triage will score. Augmentation (train only) is applied to image and mask together: horizontal flip,
 small rotation (±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image
 only. Vertical flips are left out: an upside-down axial slice is not an anatomy the model meets.
 """
@@ -33,7 +34,8 @@ class SliceArrays:
     """Model-size slices of a set of patients.
 
     Attributes:
-        images: `(N, S, S, 3)` uint8 (value = round(255 x [0, 1] intensity)).
+        images: `(N, S, S, 3)` uint8 (value = round(255 x [0, 1] intensity)), or float32 in
+            [0, 1] as triage computes them (`load_slices(..., exact=True)`).
         masks: `(N, S, S)` bool tumour masks (all False where a slice has no ground truth).
         labels: `(N,)` int32, 1 = tumour slice (ground truth has tumour pixels), 0 = normal.
         patients: `(N,)` patient key of each slice (identifiers: keep out of logs).
@@ -56,11 +58,13 @@ class SliceArrays:
 
     def float_images(self) -> np.ndarray:
         """`(N, S, S, 3)` float32 in [0, 1]."""
+        if self.images.dtype == np.float32:
+            return self.images
         return self.images.astype(np.float32) / np.float32(255.0)
 
 
 def load_slices(
-    table: pd.DataFrame, patients: Sequence[str], config: PreprocessConfig
+    table: pd.DataFrame, patients: Sequence[str], config: PreprocessConfig, exact: bool = False
 ) -> SliceArrays:
     """Load and resize every labelled slice of `patients` (one `load_patient` call each).
 
@@ -70,6 +74,9 @@ def load_slices(
         table: index table (`build_index(...).table`).
         patients: patient keys to load, in order.
         config: preprocessing (image size S).
+        exact: keep the model inputs as float32, exactly as triage feeds them (validation and
+            test); else round them to uint8 levels (training: 4x less memory, and augmentation
+            moves the pixels far more than the rounding).
 
     Returns:
         The slices, patient by patient in index order.
@@ -82,7 +89,7 @@ def load_slices(
             continue
         ps = load_patient(rows, config, as_uint8=True)  # the same inputs, less memory
         x = patient_inputs(ps.images, config)
-        images.append(np.round(x * 255.0).astype(np.uint8))
+        images.append(x.astype(np.float32) if exact else np.round(x * 255.0).astype(np.uint8))
         if ps.masks is None:
             m = np.zeros((len(x), size, size), dtype=bool)
         else:
@@ -179,8 +186,10 @@ def make_dataset(
     target = arrays.labels if task == "classifier" else arrays.masks[..., None].astype(np.uint8)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, target))
 
+    scale = 1.0 if arrays.images.dtype == np.float32 else 255.0
+
     def to_float(x: Any, y: Any) -> tuple[Any, Any]:
-        x = tf.cast(x, tf.float32) / 255.0
+        x = tf.cast(x, tf.float32) / scale
         return x, (tf.cast(y, tf.float32) if task == "segmenter" else tf.cast(y, tf.int32))
 
     ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).cache()

@@ -415,7 +415,8 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
         experiment, name, tags={"stage": kind}, parent_run_id=config.parent_run_id
     ) as run_id:
         train, val, test = (
-            load_slices(plan.table, plan.splits[s], pre) for s in ("train", "val", "test")
+            load_slices(plan.table, plan.splits[s], pre, exact=s != "train")
+            for s in ("train", "val", "test")
         )
         all_val, keep_empty, n_train = val, 1.0, float(len(train))
         if kind == "segmenter" and not config.include_empty:
