@@ -2,11 +2,12 @@
 
 Decoding (TIF/NIfTI) and resizing go through `pipeline.io.slices.load_patient` and
 `pipeline.io.preprocess.patient_inputs` once per patient, so training sees exactly the pixels triage
-will; the training arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1] floats
-in the pipeline; validation and test slices (`exact=True`) keep triage's own float inputs, so the
-operating point, temperature and checkpoint are chosen on the very numbers triage will score. Augmentation (train only) is applied to image and mask together: horizontal flip,
-small rotation (±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image
-only. Vertical flips are left out: an upside-down axial slice is not an anatomy the model meets.
+will. The training arrays are kept as uint8 (4x smaller than float32) and turned back into [0, 1]
+floats in the pipeline; validation and test slices (`exact=True`) keep triage's own float inputs,
+so the operating point, temperature and checkpoint are chosen on the numbers triage will score.
+Augmentation (train only) is applied to image and mask together: horizontal flip, small rotation
+(±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image only. Vertical
+flips are left out: an upside-down axial slice is not an anatomy the model meets.
 """
 
 from __future__ import annotations
