@@ -266,6 +266,22 @@ print(json.dumps({{"tf": mods, "runtimes": m.runtimes, "slices": len(rep["slices
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["tf"] == [] and out["slices"] == 8
     assert out["runtimes"] == {"classifier": "openvino-f32", "segmenter": "openvino-f32"}
+    # The command line too: `mri-triage triage --runtime openvino` (a Prefect flow run).
+    cli = f"""
+import json, sys
+from pipeline.cli.main import main
+rc = main(["triage", {str(archive)!r},
+          "--out", {str(tmp_path / "cli")!r}, "--classifier", {tiny["clf"]!r}, "--segmenter",
+          {tiny["seg"]!r}, "--runtime", "openvino", "--ov-precision", "f32", "--batch", "8",
+          "--no-mlflow"])
+mods = sorted(k for k in sys.modules if k.split(".")[0] in ("tensorflow", "keras"))
+print(json.dumps({{"rc": rc, "tf": mods}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parents[1], check=True)  # fmt: skip
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"rc": 0, "tf": []}, proc.stderr[-2000:]
+    assert (tmp_path / "cli" / "summary.csv").is_file()
 
 
 def test_bench_runs_on_openvino_without_a_tf_loop(
