@@ -19,7 +19,7 @@ from hostile_corpus import snapshot
 
 from flows.triage import triage_flow
 from pipeline.cli import main as cli
-from pipeline.io.manifest import MANIFEST_NAME, load_manifest
+from pipeline.io.manifest import JOURNAL_NAME, MANIFEST_NAME, load_manifest
 from pipeline.io.safety import UnsafeOutputError
 from pipeline.io.synthetic import write_synthetic_archive
 from pipeline.triage.preflight import check_run_paths
@@ -89,6 +89,7 @@ def test_cli_refuses_overlap_before_writing(archive, models, how, capsys) -> Non
         ("parent is a file", "not writable"),
         ("summary.csv is a folder", "not a file this tool wrote"),
         ("manifest is a link", "not a file this tool wrote"),
+        ("journal is a link", "not a file this tool wrote"),
         ("unreachable dask", "cannot reach the Dask scheduler"),
         ("malformed dask", "not tcp://host:port"),
         ("wrong output shape", "output shape"),
@@ -109,6 +110,9 @@ def test_cannot_run_is_one_line_and_exit_2(archive, models, tmp_path, case, need
     elif case == "manifest is a link":
         out.mkdir()
         (out / "manifest.json").symlink_to(archive / "SYN_0001" / "SYN_0001_1.tif")
+    elif case == "journal is a link":  # appending through it would write into the archive
+        out.mkdir()
+        (out / JOURNAL_NAME).symlink_to(archive / "SYN_0001" / "SYN_0001_1.tif")
     elif case == "unreachable dask":
         extra = ["--dask-address", "tcp://127.0.0.1:9"]
     elif case == "malformed dask":
@@ -166,7 +170,7 @@ def test_killed_run_resumes(tmp_path: Path, models: dict) -> None:
            "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (out / MANIFEST_NAME).exists() and proc.poll() is None:
+    while not (out / JOURNAL_NAME).exists() and proc.poll() is None:  # a patient finished
         assert time.monotonic() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.io.manifest import (
+    JOURNAL_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
     OutputLockedError,
@@ -17,6 +20,7 @@ from pipeline.io.manifest import (
     atomic_write_text,
     clean_staging,
     commit_dir,
+    compact_manifest,
     files_digest,
     is_done,
     load_manifest,
@@ -121,7 +125,50 @@ def test_manifest_round_trip_and_done(tmp_path: Path) -> None:
     assert not is_done(manifest, tmp_path, "P1", "other-key")
     assert not is_done(manifest, tmp_path, "P2", "k2")
     (tmp_path / MANIFEST_NAME).write_text("{not json")
+    assert set(load_manifest(tmp_path)) == {"P1", "P2"}  # the journal still holds them
+    (tmp_path / JOURNAL_NAME).unlink()
     assert load_manifest(tmp_path) == {}
+
+
+def test_journal_appends_then_compacts_and_survives_a_torn_line(tmp_path: Path) -> None:
+    """Each finished patient is one appended line (manifest.json is not rewritten per patient);
+    the run's end folds them into manifest.json; a line torn by a kill is dropped, not fatal."""
+    record_patient(tmp_path, "P1", {"key": "k1", "status": "done"})
+    compact_manifest(tmp_path)
+    before = (tmp_path / MANIFEST_NAME).read_bytes()
+    assert not (tmp_path / JOURNAL_NAME).exists()
+    for i in range(2, 6):
+        record_patient(tmp_path, f"P{i}", {"key": f"k{i}", "status": "done"})
+    record_patient(tmp_path, "P1", {"key": "k1b", "status": "done"})  # a later line wins
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == before  # untouched while the run goes
+    assert len((tmp_path / JOURNAL_NAME).read_bytes().splitlines()) == 5
+    with open(tmp_path / JOURNAL_NAME, "ab") as fh:
+        fh.write(b'{"patient": "P9", "entry": {"key": "k9", "sta')  # killed mid-append
+    manifest = load_manifest(tmp_path)
+    assert set(manifest) == {"P1", "P2", "P3", "P4", "P5"} and manifest["P1"]["key"] == "k1b"
+    compact_manifest(tmp_path)
+    assert not (tmp_path / JOURNAL_NAME).exists()
+    written = json.loads((tmp_path / MANIFEST_NAME).read_text())["patients"]
+    assert set(written) == {f"P{i}" for i in range(1, 6)} and written["P1"]["key"] == "k1b"
+    assert load_manifest(tmp_path) == written
+
+
+def test_journal_never_writes_through_a_planted_link_or_fifo(tmp_path: Path) -> None:
+    victim = tmp_path / "archive_file.tif"
+    victim.write_bytes(b"patient data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / JOURNAL_NAME).symlink_to(victim)
+    with pytest.raises(OutputStateError, match="not a file this tool wrote"):
+        record_patient(out, "P1", {"key": "k", "status": "done"})
+    assert victim.read_bytes() == b"patient data"
+    assert load_manifest(out) == {}  # a linked journal is never read either
+    compact_manifest(out)
+    assert victim.read_bytes() == b"patient data" and (out / JOURNAL_NAME).is_symlink()
+    (out / JOURNAL_NAME).unlink()
+    os.mkfifo(out / JOURNAL_NAME)
+    with pytest.raises(OutputStateError, match="not a file this tool wrote"):
+        record_patient(out, "P1", {"key": "k", "status": "done"})  # fails at once, no reader
 
 
 def test_commit_dir_never_replaces_what_it_did_not_write(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+#: Finished patients since `manifest.json` was last written, one JSON line each (appended).
+JOURNAL_NAME = ".manifest.journal"
 LOCK_NAME = ".triage.lock"
 STAGING_NAME = ".staging"
 SUMMARY_NAME = "summary.csv"
 INDEX_NAME = "index.html"
 WORKLIST_NAME = "worklist.js"  # run details and worklist order, for the reports' navigation
 #: Names the run itself owns in `OUT/` (lower case): no patient folder may take one of them.
-RUN_FILES = frozenset(n.lower() for n in (MANIFEST_NAME, LOCK_NAME, STAGING_NAME, SUMMARY_NAME,
-                                          INDEX_NAME, WORKLIST_NAME))  # fmt: skip
+RUN_FILES = frozenset(n.lower() for n in (MANIFEST_NAME, JOURNAL_NAME, LOCK_NAME, STAGING_NAME,
+                                          SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME))  # fmt: skip
 _MANIFEST_VERSION = 1
 _manifest_guard = threading.Lock()
 
@@ -225,27 +228,80 @@ def run_key(input_hash: str, models: Mapping[str, str], settings: Mapping[str, A
 
 
 def load_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Patient key → entry (`key`, `status`, ...) from `OUT/manifest.json`; empty when absent.
+    """Patient key → entry (`key`, `status`, ...): `OUT/manifest.json`, then the patients the
+    journal recorded since it was written (a later line wins); empty when neither exists.
 
-    An unreadable manifest counts as empty: everything is redone and nothing is lost.
+    An unreadable manifest counts as empty and an unreadable journal line (a run killed while
+    appending it) as absent: those patients are redone and nothing is lost. A journal that is not
+    a plain file (a link planted in `OUT`) is never read.
     """
+    patients: dict[str, dict[str, Any]] = {}
     path = out_dir / MANIFEST_NAME
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return dict(data.get("patients", {}))
-    except (OSError, ValueError, AttributeError):
-        return {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            patients = dict(data.get("patients", {}))
+        except (OSError, ValueError, AttributeError):
+            patients = {}
+    journal = out_dir / JOURNAL_NAME
+    if journal.is_file() and not journal.is_symlink():
+        try:
+            lines = journal.read_bytes().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                item = json.loads(line)
+                patients[str(item["patient"])] = dict(item["entry"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return patients
 
 
 def record_patient(out_dir: Path, patient: str, entry: Mapping[str, Any]) -> None:
-    """Add or replace one patient's entry, rewriting the manifest atomically (thread-safe)."""
+    """Record one patient's entry: one line appended to the journal and fsynced (thread-safe).
+
+    Appending keeps a run's bookkeeping linear in its patients (rewriting `manifest.json` for
+    each patient grew with the square of the archive); `compact_manifest` folds the journal into
+    `manifest.json` at the end of the run.
+
+    Raises:
+        OutputStateError: the journal's name is taken by a link or something not a plain file.
+    """
+    line = json.dumps({"patient": patient, "entry": dict(entry)}, default=str) + "\n"
+    path = out_dir / JOURNAL_NAME
     with _manifest_guard:
+        # O_NOFOLLOW: a link planted in its place is never written through; O_NONBLOCK: a FIFO
+        # planted there fails at once instead of waiting for a reader.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise OutputStateError(f"{path} is not a file this tool wrote ({reason})") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OutputStateError(f"{path} is not a file this tool wrote; move it out of OUT")
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def compact_manifest(out_dir: Path) -> None:
+    """Fold the journal into `manifest.json` (written atomically), then remove the journal.
+
+    Killed between the two steps, the journal's lines are applied again on load: the same
+    entries, so nothing changes.
+    """
+    with _manifest_guard:
+        journal = out_dir / JOURNAL_NAME
+        if not journal.is_file() or journal.is_symlink():
+            return
         patients = load_manifest(out_dir)
-        patients[patient] = dict(entry)
         payload = {"version": _MANIFEST_VERSION, "patients": dict(sorted(patients.items()))}
         atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(payload, indent=1, default=str))
+        journal.unlink()
 
 
 def output_hashes(folder: Path) -> dict[str, str]:

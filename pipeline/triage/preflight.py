@@ -17,7 +17,14 @@ from urllib.parse import urlparse
 import numpy as np
 
 from pipeline.io.errors import ArchiveError
-from pipeline.io.manifest import INDEX_NAME, LOCK_NAME, MANIFEST_NAME, SUMMARY_NAME, WORKLIST_NAME
+from pipeline.io.manifest import (
+    INDEX_NAME,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    WORKLIST_NAME,
+)
 from pipeline.io.safety import check_out_dir
 
 
@@ -38,7 +45,7 @@ def check_out_writable(out: Path) -> None:
     """
     if out.exists() and not out.is_dir():
         raise CannotRunError(f"--out {out} exists and is not a folder")
-    for name in (MANIFEST_NAME, SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME, LOCK_NAME):
+    for name in (MANIFEST_NAME, JOURNAL_NAME, SUMMARY_NAME, INDEX_NAME, WORKLIST_NAME, LOCK_NAME):
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise CannotRunError(f"{path} is not a file this tool wrote; move it out of --out")

@@ -241,6 +241,7 @@ def run_triage(
             "notice": DISCLAIMER,
         }
         csv_path, index_path = write_run_reports(out_dir, records, info, skipped)
+        manifest.compact_manifest(out_dir)
         if o.key_map:  # DICOM pseudonym -> StudyInstanceUID, only on request, only in `out`
             from pipeline.io.dicom_case import write_key_map
 
