@@ -112,7 +112,7 @@ def test_progress_on_a_terminal_only() -> None:
 
 def test_native_noise_is_kept_off_the_terminal() -> None:
     code = (
-        "import os; from pipeline.cli.quiet import native_stderr_silenced\n"
+        "import os; from models.quiet import native_stderr_silenced\n"
         "with native_stderr_silenced(): os.write(2, b'cuInit noise')\n"
         "os.write(2, b'after')"
     )

@@ -674,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("triage", "serve") and getattr(args, "runtime", "tf") != "tf":
         tf_free = True
     if not tf_free:
-        from pipeline.cli.quiet import import_tensorflow_quietly
+        from models.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
     module_name, func_name = args._target.split(":")

@@ -125,7 +125,7 @@ def load_triage_models(
         if key in _cache:
             return _cache[key]
         from models.precision import cpu_flags, has_gpu, inference_plan
-        from pipeline.cli.quiet import import_tensorflow_quietly
+        from models.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # TF loads here, not before: an OpenVINO run never needs it
         policy, jit = inference_plan(precision, xla, has_gpu(), cpu_flags())
