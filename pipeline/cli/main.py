@@ -667,13 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    # Commands that load TensorFlow import it here, quietly; a triage run on OpenVINO ("auto"
-    # included) imports it only if a model falls back to TF (`load_triage_models`), so a run on
-    # verified exports never does.
-    tf_free = args.command in ("synth", "index", "compare")
-    if args.command in ("triage", "serve") and getattr(args, "runtime", "tf") != "tf":
-        tf_free = True
-    if not tf_free:
+    # Commands that load TensorFlow import it here, quietly. Triage and serve leave it to
+    # `load_triage_models` (quiet too), the one place a model runs on TF: a run on OpenVINO
+    # exports never imports it.
+    if args.command not in ("synth", "index", "compare", "triage", "serve"):
         from models.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()

@@ -297,7 +297,7 @@ def stage_recipe(
     model: str,
     options: Mapping[str, Any],
     data: str,
-    resolved: Any = None,
+    resolved: Any,
 ) -> dict[str, Any]:
     """What decides a fold model: the data and its split, the stage's model, preset and options,
     and (`resolved`, the stage's `TrainConfig`) every value training resolved from them.
@@ -306,7 +306,8 @@ def stage_recipe(
     `--resume` may reuse the first one's; anything else (a new split, archive, option, or a
     preset whose values changed since) retrains.
     """
-    recipe = {
+    values = dataclasses.asdict(resolved)
+    return {
         "stage": stage,
         "model": model,
         "preset": config.preset,
@@ -316,11 +317,8 @@ def stage_recipe(
         "options": {k: options[k] for k in sorted(options)},
         "dataset_fingerprint": data,
         "split_hash": split_hash(plan.splits),
+        "resolved": {k: values[k] for k in sorted(values) if k not in _NOT_RECIPE},
     }
-    if resolved is not None:
-        values = dataclasses.asdict(resolved)
-        recipe["resolved"] = {k: values[k] for k in sorted(values) if k not in _NOT_RECIPE}
-    return recipe
 
 
 def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | None:
