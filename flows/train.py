@@ -45,6 +45,7 @@ RECIPE_OPTIONS = (
     "min_saved",
     "gate_context",
     "ema",
+    "augment",
 )
 
 

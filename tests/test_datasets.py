@@ -83,9 +83,10 @@ def _blob_arrays(n: int = 16, size: int = 48) -> SliceArrays:
     return SliceArrays(images, masks, np.ones(n, np.int32), ["p"] * n)
 
 
-def test_augmentation_moves_image_and_mask_together() -> None:
+@pytest.mark.parametrize("augment", ["standard", "strong"])
+def test_augmentation_moves_image_and_mask_together(augment: str) -> None:
     arrays = _blob_arrays()
-    ds = make_dataset(arrays, "segmenter", 8, training=True, seed=5)
+    ds = make_dataset(arrays, "segmenter", 8, training=True, seed=5, augment=augment)
     moved = 0
     for x, y in ds:
         x, y = x.numpy(), y.numpy()[..., 0]
@@ -97,6 +98,36 @@ def test_augmentation_moves_image_and_mask_together() -> None:
             assert 2 * inter / (bright.sum() + mask.sum()) > 0.8
         moved += int(np.sum(y != arrays.masks[: len(y)]) > 0)
     assert moved > 0  # something was actually augmented
+
+
+def test_strong_augmentation_scales_and_bends_intensities() -> None:
+    """`strong` zooms (the mask's area changes with the image's) and its gamma is not an affine
+    change of the levels; the background stays black. `standard` keeps areas."""
+    import tensorflow as tf
+
+    from pipeline.learn.datasets import _strong_intensity
+
+    arrays = _blob_arrays(64)
+    area = arrays.masks[0].sum()
+
+    def areas(augment: str) -> np.ndarray:
+        ds = make_dataset(arrays, "segmenter", 64, training=True, seed=2, augment=augment)
+        _, y = next(iter(ds))
+        return y.numpy().sum(axis=(1, 2, 3)) / area
+
+    standard, strong = areas("standard"), areas("strong")
+    assert standard.min() > 0.85 and standard.max() < 1.15
+    assert strong.min() < 0.85 and strong.max() > 1.15  # zoom 0.85-1.15: area x 0.72-1.32
+    levels = np.zeros((64, 8, 8, 3), np.float32)
+    levels[:, :, 2:4], levels[:, :, 4:6], levels[:, :, 6:] = 0.2, 0.5, 0.8
+    out = _strong_intensity(tf.constant(levels), tf.constant(64), seed=3).numpy()
+    assert np.all(out[:, :, :2] == 0.0)  # background untouched (no noise outside the head)
+    bands = ((2, 4), (4, 6), (6, 8))
+    low, mid, high = (np.median(out[:, :, a:b], axis=(1, 2, 3)) for a, b in bands)
+    bend = (high - mid) / (mid - low)  # 1.0 for any affine change of 0.2 / 0.5 / 0.8
+    assert np.sum(np.abs(bend - 1.0) > 0.05) >= 10 and np.sum(np.abs(bend - 1.0) < 1e-3) >= 10
+    with pytest.raises(ValueError, match="augment"):
+        make_dataset(arrays, "segmenter", 4, training=True, augment="wild")
 
 
 def test_eval_dataset_is_unchanged_and_ordered() -> None:

@@ -141,3 +141,16 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         seg = json.loads((fold_dir / "segmenter.recipe.json").read_text())
         assert seg["recipe"]["resolved"]["empty_fraction"] == 0.25
+        # A record written before a field existed: the field at its default retrains nothing,
+        # the same field set to something else retrains.
+        record = fold_dir / "segmenter.recipe.json"
+        seg["recipe"]["resolved"].pop("augment")
+        record.write_text(json.dumps(seg))
+        assert main([*base, *changed]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["segmenter_reused"] == 1
+        assert main([*base, *changed, "--segmenter-augment", "strong"]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
+        seg = json.loads(record.read_text())
+        assert seg["recipe"]["resolved"]["augment"] == "strong"

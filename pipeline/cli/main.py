@@ -297,6 +297,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_recipe_options(t: argparse.ArgumentParser) -> None:
     """Training options; None = not given, so the preset's value (or the built-in default) holds."""
     from pipeline.io.preprocess import INPUT_MODES, NORMALIZATIONS
+    from pipeline.learn.datasets import AUGMENTS
     from pipeline.learn.recipe_fit import OPTIMIZERS, PRECISIONS, SCHEDULES, SELECTS
     from pipeline.learn.recipes import PRESETS
     from pipeline.triage.metrics import MIN_SENSITIVITY
@@ -342,6 +343,13 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         metavar="M",
         help="keep an exponential moving average of the weights (momentum M per step, e.g. "
         "0.99) and validate, select and save it instead of the raw weights (default 0 = off)",
+    )
+    t.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default=None,
+        help="training augmentation: standard (flip, rotation, shift, mild brightness/contrast) "
+        "or strong (+ scaling, gamma, brightness, contrast, noise; for other scanners)",
     )
     t.add_argument(
         "--gate-context",
@@ -403,6 +411,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="M",
         help="train the folds' segmenters with a moving average of their weights (see `train "
         "segmenter --ema`)",
+    )
+    p.add_argument(
+        "--segmenter-augment",
+        choices=("standard", "strong"),
+        help="the folds' segmenters' training augmentation (see `train segmenter --augment`)",
     )
     p.add_argument(
         "--lone-slice-area",

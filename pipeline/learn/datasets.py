@@ -8,6 +8,12 @@ so the operating point, temperature and checkpoint are chosen on the numbers tri
 Augmentation (train only) is applied to image and mask together: horizontal flip, small rotation
 (±10°) and shift (±8%); brightness (±0.1) and contrast (×0.85-1.15) touch the image only. Vertical
 flips are left out: an upside-down axial slice is not an anatomy the model meets.
+
+`augment="strong"` (nnU-Net's kind of intensity augmentation, for scanners and sequences that
+look unlike the training set) adds, per slice: rotation to ±15° and scaling ×0.85-1.15 (image and
+mask), and on the image a gamma change (γ log-uniform in 0.7-1.5, half the slices),
+multiplicative brightness (×0.8-1.2, half the slices), a wider contrast range (×0.75-1.25) and
+Gaussian noise inside the head (σ up to 0.03, a fifth of the slices).
 """
 
 from __future__ import annotations
@@ -28,6 +34,20 @@ ROTATION_DEG = 10.0
 SHIFT = 0.08
 BRIGHTNESS = 0.1
 CONTRAST = (0.85, 1.15)
+
+#: `augment` values: "standard" (above) or "strong" (+ scaling, gamma, brightness, noise).
+AUGMENTS = ("standard", "strong")
+STRONG: dict[str, Any] = {
+    "rotation_deg": 15.0,
+    "scale": (0.85, 1.15),
+    "gamma": (0.7, 1.5),
+    "gamma_p": 0.5,
+    "multiply": (0.8, 1.2),
+    "multiply_p": 0.5,
+    "contrast": (0.75, 1.25),
+    "noise_sigma": 0.03,
+    "noise_p": 0.2,
+}
 
 
 @dataclass
@@ -118,18 +138,25 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     }
 
 
-def _augment(x: Any, y: Any, seed: int, with_mask: bool) -> tuple[Any, Any]:
-    """Random geometric (image + mask together) and photometric (image only) changes, per slice."""
+def _augment(x: Any, y: Any, seed: int, with_mask: bool, strong: bool = False) -> tuple[Any, Any]:
+    """Random geometric (image + mask together) and photometric (image only) changes, per slice.
+
+    `strong`: the `STRONG` ranges (rotation, scaling, gamma, brightness, contrast, noise)."""
     import tensorflow as tf
 
     batch = tf.shape(x)[0]
     stack = tf.concat([x, y], axis=-1) if with_mask else x
     stack = tf.image.random_flip_left_right(stack, seed=seed)
-    angle = tf.random.uniform([batch], -1.0, 1.0, seed=seed + 1) * (ROTATION_DEG * math.pi / 180)
+    degrees = STRONG["rotation_deg"] if strong else ROTATION_DEG
+    angle = tf.random.uniform([batch], -1.0, 1.0, seed=seed + 1) * (degrees * math.pi / 180)
     size = tf.cast(tf.shape(x)[1], tf.float32)
     shift = tf.random.uniform([batch, 2], -SHIFT, SHIFT, seed=seed + 2) * size
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    # Rotation about the centre, then shift (output -> input mapping, as ImageProjectiveTransform).
+    if strong:  # zoom s > 1 enlarges: each output pixel reads the input at 1/s the distance
+        zoom = tf.random.uniform([batch], *STRONG["scale"], seed=seed + 6)
+    else:
+        zoom = tf.ones([batch])
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # Rotation and zoom about the centre, then shift (output -> input, as ImageProjectiveTransform).
     cx = cy = (size - 1.0) / 2.0
     tx = cx - cos * cx + sin * cy - shift[:, 0]
     ty = cy - sin * cx - cos * cy - shift[:, 1]
@@ -144,13 +171,37 @@ def _augment(x: Any, y: Any, seed: int, with_mask: bool) -> tuple[Any, Any]:
         fill_value=0.0,
     )
     image = stack[..., :3]
+    if strong:
+        image = _strong_intensity(image, batch, seed)
+    low, high = STRONG["contrast"] if strong else CONTRAST
     brightness = tf.random.uniform([batch, 1, 1, 1], -BRIGHTNESS, BRIGHTNESS, seed=seed + 3)
-    contrast = tf.random.uniform([batch, 1, 1, 1], *CONTRAST, seed=seed + 4)
+    contrast = tf.random.uniform([batch, 1, 1, 1], low, high, seed=seed + 4)
     mean = tf.reduce_mean(image, axis=[1, 2, 3], keepdims=True)
     image = tf.clip_by_value((image - mean) * contrast + mean + brightness, 0.0, 1.0)
     if with_mask:
         return image, tf.cast(stack[..., 3:] > 0.5, tf.float32)
     return image, y
+
+
+def _strong_intensity(image: Any, batch: Any, seed: int) -> Any:
+    """Gamma, multiplicative brightness and in-head noise, each on a random share of slices."""
+    import tensorflow as tf
+
+    def chosen(p: float, offset: int) -> Any:
+        return tf.random.uniform([batch, 1, 1, 1], seed=seed + offset) < p
+
+    g_low, g_high = STRONG["gamma"]
+    gamma = tf.exp(
+        tf.random.uniform([batch, 1, 1, 1], math.log(g_low), math.log(g_high), seed=seed + 7)
+    )
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = tf.where(chosen(STRONG["gamma_p"], 8), tf.pow(image, gamma), image)
+    factor = tf.random.uniform([batch, 1, 1, 1], *STRONG["multiply"], seed=seed + 9)
+    image = tf.where(chosen(STRONG["multiply_p"], 10), image * factor, image)
+    sigma = tf.random.uniform([batch, 1, 1, 1], 0.0, STRONG["noise_sigma"], seed=seed + 11)
+    noise = tf.random.normal(tf.shape(image), seed=seed + 12) * sigma
+    head = tf.cast(image > 0.0, image.dtype)  # the background stays black
+    return tf.where(chosen(STRONG["noise_p"], 13), image + noise * head, image)
 
 
 def make_dataset(
@@ -161,6 +212,7 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     keep_empty: float = 1.0,
+    augment: str = "standard",
 ) -> Any:
     """A batched, prefetched `tf.data.Dataset` of `(image, target)`.
 
@@ -174,6 +226,7 @@ def make_dataset(
         keep_empty: segmenter training only: the chance that a tumour-free slice is kept in an
             epoch (drawn afresh each epoch), so the model sees a sampled share of empty slices.
             Below 1 the dataset repeats endlessly: pass `steps_per_epoch` to `fit`.
+        augment: training augmentation, one of `AUGMENTS`.
 
     Returns:
         Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
@@ -182,6 +235,8 @@ def make_dataset(
 
     if task not in ("classifier", "segmenter"):
         raise ValueError(f"task must be 'classifier' or 'segmenter', got {task!r}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     if len(arrays) == 0:
         raise ValueError("no slices to build a dataset from")
     target = arrays.labels if task == "classifier" else arrays.masks[..., None].astype(np.uint8)
@@ -207,7 +262,7 @@ def make_dataset(
     ds = ds.batch(batch)
     if training:
         ds = ds.map(
-            lambda x, y: _augment(x, y, seed, task == "segmenter"),
+            lambda x, y: _augment(x, y, seed, task == "segmenter", augment == "strong"),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -332,9 +332,30 @@ def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | 
     except (OSError, ValueError):
         return None
     written = json.loads(json.dumps(recipe, default=str))  # as the record holds it
-    if not isinstance(saved, dict) or saved.get("recipe") != written:
+    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), dict):
+        return None
+    _drop_new_defaults(written, saved["recipe"])
+    if saved["recipe"] != written:
         return None
     return float(saved.get("seconds", 0.0))
+
+
+def _drop_new_defaults(written: dict[str, Any], saved: Mapping[str, Any]) -> None:
+    """Forget `TrainConfig` fields added since `saved` was recorded that still hold their built-in
+    default: a new option defaults to the old behaviour, so it alone retrains nothing."""
+    from pipeline.learn.training import TrainConfig
+
+    old, new = saved.get("resolved"), written.get("resolved")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    for key in [k for k in new if k not in old]:
+        if key in defaults and new[key] == json.loads(json.dumps(defaults[key], default=str)):
+            del new[key]
 
 
 def train_fold(
@@ -582,7 +603,10 @@ def cli_evaluate(args: Any) -> int:
             min_saved=getattr(args, "min_saved", None),
         ),
         segmenter_options=stage_options(
-            args.segmenter_size, args.segmenter_epochs, ema=getattr(args, "segmenter_ema", None)
+            args.segmenter_size,
+            args.segmenter_epochs,
+            ema=getattr(args, "segmenter_ema", None),
+            augment=getattr(args, "segmenter_augment", None),
         ),
         triage_options={
             k: v

@@ -49,7 +49,9 @@ def pretrain_encoder(
         from pipeline import tracking
 
         callbacks.append(tracking.epoch_logger(run_id, prefix="pretrain_"))
-    data = make_dataset(train, "segmenter", config.batch, training=True, seed=config.seed)
+    data = make_dataset(
+        train, "segmenter", config.batch, training=True, seed=config.seed, augment=config.augment
+    )
     started = time.perf_counter()
     hist = unet.fit(
         data, epochs=config.pretrain_epochs, callbacks=callbacks, verbose=2, shuffle=False

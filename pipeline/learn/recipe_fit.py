@@ -46,6 +46,10 @@ def check_recipe(config: Any) -> None:
     ema = getattr(config, "ema", 0.0)
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be a momentum in [0, 1) (0 = off), got {ema}")
+    from pipeline.learn.datasets import AUGMENTS
+
+    if getattr(config, "augment", "standard") not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {config.augment!r}")
     min_saved = getattr(config, "min_saved", None)
     if min_saved is not None and not 0.0 <= min_saved <= 1.0:
         raise ValueError(f"min_saved must be a share in [0, 1], got {min_saved}")

@@ -84,6 +84,7 @@ class TrainConfig:
     warmup: float = 0.0
     weight_decay: float = 1e-4
     ema: float = 0.0
+    augment: str = "standard"
     input_mode: str = "rgb"
     normalize: str = "none"
     empty_fraction: float = 0.0
@@ -443,7 +444,13 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
         fitted = recipe_fit.fit(
             model,
             make_dataset(
-                train, kind, config.batch, training=True, seed=config.seed, keep_empty=keep_empty
+                train,
+                kind,
+                config.batch,
+                training=True,
+                seed=config.seed,
+                keep_empty=keep_empty,
+                augment=config.augment,
             ),
             make_dataset(val, kind, config.batch, training=False),
             config,
