@@ -297,6 +297,28 @@ def test_bench_runs_on_openvino_without_a_tf_loop(
     assert r["slices"] == 48 and len(r["rss_mb_after_patient"]) == 6
     assert r["per_slice_loop_s"] is None  # the per-slice loop is TF's: not run here
     assert r["model_s"] > 0 and r["parity"]["segmenter"]["dice"] == 1.0
+    # The run's CPU includes the models' and more (reading, writing), and its floor holds.
+    assert r["cpu_s_end_to_end"] > 0 and r["cpu_s_models"] > 0
+    assert r["cpu_ms_outside_models_per_slice"] >= 0 and r["ratio_floor"] >= 1.0
+
+
+def test_cpu_budget_floor_shares_the_run_s_cpu_over_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.cli.bench import cpu_budget
+    from pipeline.cli.bench_runtimes import _cpu_rows
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    # Models alone: 10 s of wall on both cores (20 s CPU); the run adds 6 s of CPU for 1000 slices.
+    b = cpu_budget(26.0, 20.0, 10.0, 1000)
+    assert b["cpu_ms_outside_models_per_slice"] == pytest.approx(6.0)
+    assert b["cores_busy_in_models"] == pytest.approx(2.0)
+    assert b["ratio_floor"] == pytest.approx(1.3)  # 26 s over 2 cores = 13 s against 10 s
+    # Models on one core of two: work outside them can hide, the floor stays at 1.
+    assert cpu_budget(16.0, 10.0, 10.0, 1000)["ratio_floor"] == 1.0
+    rows = dict(_cpu_rows({**b, "cpu_s_end_to_end": 26.0, "cpu_s_models": 20.0}))
+    assert rows["end-to-end / models floor on these cores"].startswith("1.30")
+    assert rows["CPU outside the models"].startswith("6.0 ms a slice")
 
 
 def test_models_alone_in_turns_run_each_configuration_on_its_own_runtime(

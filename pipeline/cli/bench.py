@@ -14,6 +14,7 @@ allocation and would bill its own cost to the pipeline. Figures are printed, nev
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -98,30 +99,33 @@ def _end_to_end(jobs: list[Any], workers: int, prefetch: int) -> dict[str, Any]:
     shares = lanes(jobs, workers if prefetch == 0 else 1)
     peak = _PeakRss()
     with peak, ThreadPoolExecutor(len(shares)) as pool:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         list(pool.map(run, shares))
-        seconds = time.perf_counter() - start
-    return {"results": results, "seconds": seconds, "rss": rss, "peak": peak.mb}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"results": results, "seconds": seconds, "cpu": cpu, "rss": rss, "peak": peak.mb}
 
 
 def _models_alone(
     groups: list[pd.DataFrame], models: Any, settings: TriageSettings, keep: int
-) -> tuple[float, float, np.ndarray]:
+) -> tuple[float, float, float, np.ndarray]:
     """`predict_patient` (the models' whole share of triage: classify, route, segment with the
-    mirror) on each patient, read beforehand: classifier and segmenter seconds, and the first
-    `keep` classifier inputs (for the per-slice loop)."""
+    mirror) on each patient, read beforehand: classifier and segmenter seconds, the process CPU
+    seconds they took (every thread's: the runtimes' own included), and the first `keep`
+    classifier inputs (for the per-slice loop)."""
     from pipeline.triage.inference import predict_patient, read_patient
 
-    clf = seg = 0.0
+    clf = seg = cpu = 0.0
     kept: list[np.ndarray] = []
     for rows in groups:
         work = read_patient(rows, models, settings)
         if sum(len(a) for a in kept) < keep and work.x is not None:
             kept.append(work.x)
+        start = time.process_time()
         work = predict_patient(work, models, settings)
+        cpu += time.process_time() - start
         clf += work.timings["classify"]
         seg += work.timings["segment"]
-    return clf, seg, np.concatenate(kept)[:keep] if kept else np.zeros((0,))
+    return clf, seg, cpu, np.concatenate(kept)[:keep] if kept else np.zeros((0,))
 
 
 def bench_triage(
@@ -186,7 +190,7 @@ def bench_triage(
     inside = models.classify.seconds + models.segment.seconds
     done = [r for r in e2e["results"] if r.findings is not None]
     flagged = sum(len(r.findings.flagged_slices) for r in done)
-    clf_s, seg_s, loop_x = _models_alone(groups, models, settings, loop_slices)
+    clf_s, seg_s, model_cpu, loop_x = _models_alone(groups, models, settings, loop_slices)
     seconds = e2e["seconds"]
     loop = {"per_slice_loop_s": None, "loop_slices_timed": 0, "speedup_vs_per_slice_loop": None}
     on_tf = models.classifier.model is not None and models.segmenter.model is not None
@@ -208,6 +212,7 @@ def bench_triage(
         "ratio_end_to_end_to_model": seconds / (clf_s + seg_s),
         **loop,
         "model_s_in_end_to_end": inside,
+        **cpu_budget(e2e["cpu"], model_cpu, clf_s + seg_s, n),
         "rss_mb_at_start": round(rss_start, 1),
         "rss_mb_after_patient": [round(r, 1) for r in e2e["rss"]],
         "rss_peak_mb": round(e2e["peak"], 1),
@@ -220,6 +225,33 @@ def bench_triage(
         "workers": workers,
         "prefetch": prefetch,
         "precision": models.precision,
+    }
+
+
+def cpu_budget(e2e_cpu: float, model_cpu: float, model_s: float, slices: int) -> dict[str, Any]:
+    """Where the end-to-end run's CPU goes, and the ratio the machine's cores allow.
+
+    When the models alone keep every core busy, work outside them (reading, writing, bookkeeping)
+    cannot hide behind them however well the stages overlap: the end-to-end run then needs at
+    least its CPU seconds shared over the cores. `ratio_floor` is that bound over the models'
+    time (`end_to_end / models` cannot go below it on this machine); a measured ratio near it
+    means the overlap works and only less CPU outside the models would lower it.
+
+    Args:
+        e2e_cpu: process CPU seconds of the end-to-end run (every thread).
+        model_cpu: process CPU seconds of the models alone.
+        model_s: wall seconds of the models alone.
+        slices: slices in the run.
+    """
+    cores = os.cpu_count() or 1
+    outside = max(e2e_cpu - model_cpu, 0.0)
+    return {
+        "cpu_s_end_to_end": e2e_cpu,
+        "cpu_s_models": model_cpu,
+        "cpu_ms_outside_models_per_slice": 1e3 * outside / max(slices, 1),
+        "cores_busy_in_models": model_cpu / model_s if model_s > 0 else None,
+        "cores": cores,
+        "ratio_floor": max(1.0, e2e_cpu / cores / model_s) if model_s > 0 else None,
     }
 
 

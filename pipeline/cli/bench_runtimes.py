@@ -174,6 +174,27 @@ def _memory_rows(
     return rows
 
 
+def _cpu_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CPU budget (`pipeline.cli.bench.cpu_budget`) as table rows."""
+    if r.get("ratio_floor") is None:
+        return []
+    return [
+        (
+            "CPU outside the models",
+            f"{r['cpu_ms_outside_models_per_slice']:.1f} ms a slice (run "
+            f"{r['cpu_s_end_to_end']:.1f} s of CPU, models alone {r['cpu_s_models']:.1f} s)",
+        ),
+        (
+            "cores busy in the models alone",
+            f"{r['cores_busy_in_models']:.2f} of {r['cores']}",
+        ),
+        (
+            "end-to-end / models floor on these cores",
+            f"{r['ratio_floor']:.2f} (the run's CPU shared over every core, over the models' time)",
+        ),
+    ]
+
+
 def config_table(
     name: str,
     r: dict[str, Any],
@@ -207,6 +228,7 @@ def config_table(
             f"segmenter {r['model_s_segment']:.2f})",
         ),
         ("end-to-end / models", f"{r['ratio_end_to_end_to_model']:.2f}"),
+        *_cpu_rows(r),
         ("speed-up vs TF per-slice loop", _fmt(loop / r["end_to_end_s"] if loop else None, ".1f")),
         (
             "achieved GFLOP/s (models alone)",
