@@ -57,6 +57,67 @@ def test_read_tif_rejects_garbage_and_truncation(tmp_path: Path) -> None:
     assert info.value.path.endswith("cut.tif")
 
 
+def _tif(path: Path, pixels: np.ndarray, **kw: object) -> Path:
+    rgb = pixels.ndim == 3
+    tifffile.imwrite(path, pixels, photometric="rgb" if rgb else "minisblack", **kw)
+    return path
+
+
+def test_tifs_laid_out_like_one_already_read_skip_the_tag_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose bytes outside its strips equal those of a file tifffile decoded here is read
+    from its strips; any other file (a tag differs, garbage of the same size) goes to tifffile."""
+    from pipeline.io.quality import InputQualityError, Limits
+
+    monkeypatch.setattr(slices_module, "_TIF_LAYOUTS_SEEN", {})
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 256, (40, 24, 3), dtype=np.uint8) for _ in range(2))
+    kw = {"rowsperstrip": 7, "software": "exporter A"}  # 6 strips, the last one short
+    a = _tif(tmp_path / "a.tif", first, **kw)
+    b = _tif(tmp_path / "b.tif", second, **kw)
+    other = _tif(tmp_path / "c.tif", second, **{**kw, "software": "exporter B"})
+    assert a.stat().st_size == b.stat().st_size == other.stat().st_size
+    np.testing.assert_array_equal(read_tif(a), first)  # tifffile reads it; its layout is kept
+    parsed = []
+    real = tifffile.TiffFile
+
+    def counting(*args: object, **kw: object) -> object:
+        parsed.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
+    got = read_tif(b)
+    np.testing.assert_array_equal(got, second)
+    assert parsed == [] and got.flags.writeable  # from the strips, and the caller may write
+    np.testing.assert_array_equal(read_tif(other), second)
+    assert parsed == [str(other)]  # another tag: tifffile read it
+    with pytest.raises(InputQualityError, match="exceeds"):
+        read_tif(b, Limits(max_slice_pixels=100))  # the limits hold on the fast path too
+    size = b.stat().st_size
+    (tmp_path / "junk.tif").write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    with pytest.raises(ArchiveError, match="unreadable TIF"):
+        read_tif(tmp_path / "junk.tif")  # same size, other bytes: tifffile, which refuses it
+    mask = (rng.random((40, 24)) > 0.5).astype(np.uint8) * 255
+    m1, m2 = _tif(tmp_path / "m1.tif", mask), _tif(tmp_path / "m2.tif", 255 - mask)
+    np.testing.assert_array_equal(read_tif(m1), mask)
+    np.testing.assert_array_equal(read_tif(m2), 255 - mask)
+    assert str(m2) not in parsed
+
+
+def test_kaggle_slices_read_through_their_layout_equal_tifffile(
+    kaggle_3m: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slices_module, "_TIF_LAYOUTS_SEEN", {})
+    files = sorted((kaggle_3m / KAGGLE_PATIENT).glob("*.tif"))
+    for path in files:
+        np.testing.assert_array_equal(read_tif(path), tifffile.imread(path))
+    sizes = slices_module._TIF_LAYOUTS_SEEN
+    assert sizes and all(len(v) == 1 for v in sizes.values())  # one exporter, one layout a kind
+    for path in files:  # read again, all through the layouts
+        assert slices_module._planned(path, slices_module.DEFAULT_LIMITS) is not None
+
+
 def test_load_kaggle_patient_from_shared_data(kaggle_3m: Path, tmp_path: Path) -> None:
     rows = _rows(kaggle_3m, KAGGLE_PATIENT)
     ps = load_patient(rows.sample(frac=1.0, random_state=0))  # order of rows must not matter

@@ -10,7 +10,9 @@ index rows of one patient (`pipeline.io.index.build_index`) and returns pixels i
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +59,18 @@ NAN3 = (float("nan"), float("nan"), float("nan"))
 def read_tif(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Read a TIF as stored (RGB order for colour images, never BGR).
 
-    The declared size is checked against `limits` before any pixel is decoded.
+    The declared size is checked against `limits` before any pixel is decoded. An archive's slices
+    come from one exporter, so their files differ only in their pixels: a file whose every byte
+    outside the pixel data equals that of a file tifffile already decoded here (same size, tags,
+    strip offsets) takes its pixels straight from those strips (`_planned`), the same array
+    tifffile gives without parsing the tags again (0.05 against 0.45 ms of CPU a Kaggle slice).
 
     Raises:
         ArchiveError: the file is missing, corrupt, truncated or too large (`InputQualityError`).
     """
+    planned = _planned(path, limits)
+    if planned is not None:
+        return planned
     try:
         with tifffile.TiffFile(str(path)) as tif:
             if not tif.pages:
@@ -74,12 +83,115 @@ def read_tif(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
                 size = os.path.getsize(path)
                 if end > size:
                     raise ValueError(f"truncated: needs {end} bytes, file has {size}")
-            return np.asarray(page.asarray(maxworkers=1))
+            pixels = np.asarray(page.asarray(maxworkers=1))
+            _remember_layout(path, page, pixels)
+            return pixels
     except ArchiveError:
         raise
     except Exception as exc:  # tifffile raises several types for bad files
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise ArchiveError(path, f"unreadable TIF ({reason})") from exc
+
+
+def _outside(data: bytes | bytearray, strips: tuple[tuple[int, int], ...]) -> bytes:
+    """`data`'s bytes outside `strips` ((offset, length) in file order), in order."""
+    view, parts, at = memoryview(data), [], 0
+    for offset, count in strips:
+        parts.append(view[at:offset])
+        at = offset + count
+    parts.append(view[at:])
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class _TifLayout:
+    """Where an uncompressed 8-bit TIF keeps its pixels, and every other byte of its file."""
+
+    size: int
+    strips: tuple[tuple[int, int], ...]  # (offset, length) of each strip, in file order
+    shape: tuple[int, ...]
+    other: bytes  # the file's bytes outside the strips, in order
+
+    def pixels(self, data: bytearray) -> np.ndarray:
+        """The (writable) image in `data`, a file of this layout, as tifffile decodes it."""
+        need = int(np.prod(self.shape))
+        first, last = self.strips[0][0], self.strips[-1][0] + self.strips[-1][1]
+        if last - first == sum(c for _, c in self.strips):  # strips back to back: no copy
+            flat = np.frombuffer(data, np.uint8, count=need, offset=first)
+        else:
+            view = memoryview(data)
+            joined = bytearray(b"".join(view[o : o + c] for o, c in self.strips))
+            flat = np.frombuffer(joined, np.uint8, count=need)
+        return flat.reshape(self.shape)
+
+
+#: Layouts of TIFs decoded here, by file size (`_remember_layout`), a few per size.
+_TIF_LAYOUTS_SEEN: dict[int, list[_TifLayout]] = {}
+_TIF_LAYOUTS_LOCK = threading.Lock()
+_LAYOUTS_PER_SIZE = 4
+_LAYOUT_SIZES = 64
+
+
+def _remember_layout(path: str | Path, page: Any, pixels: np.ndarray) -> None:
+    """Keep `page`'s layout when its pixels are plain bytes in strips (uncompressed 8-bit, no
+    predictor, bit order as written, one plane) and reading those strips gives `pixels` exactly."""
+    plain = (
+        pixels.dtype == np.uint8
+        and int(page.compression) == 1
+        and int(page.predictor) == 1
+        and int(page.fillorder) == 1
+        and int(page.bitspersample) == 8
+        and (int(page.planarconfig) == 1 or int(page.samplesperpixel) == 1)
+        and not page.is_tiled
+        and 0 < len(page.dataoffsets) == len(page.databytecounts)
+    )
+    if not plain:
+        return
+    strips = tuple(
+        (int(o), int(c)) for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)
+    )
+    in_order = all(a + n <= b for (a, n), (b, _) in itertools.pairwise(strips))
+    if not in_order or sum(c for _, c in strips) < pixels.size:
+        return  # out of order, overlapping or short: leave such files to tifffile
+    data = bytearray(Path(path).read_bytes())
+    if strips[-1][0] + strips[-1][1] > len(data):
+        return
+    layout = _TifLayout(len(data), strips, tuple(pixels.shape), _outside(data, strips))
+    if not np.array_equal(layout.pixels(data), pixels):
+        return
+    with _TIF_LAYOUTS_LOCK:
+        known = _TIF_LAYOUTS_SEEN.setdefault(layout.size, [])
+        if layout not in known:
+            known.insert(0, layout)
+            del known[_LAYOUTS_PER_SIZE:]
+        while len(_TIF_LAYOUTS_SEEN) > _LAYOUT_SIZES:
+            del _TIF_LAYOUTS_SEEN[next(iter(_TIF_LAYOUTS_SEEN))]
+
+
+def _planned(path: str | Path, limits: Limits) -> np.ndarray | None:
+    """The pixels of a file laid out as one `_remember_layout` kept (every byte outside the
+    strips equal), else None (tifffile then reads it). Only a file of a size seen before is
+    read, so nothing larger than a slice already accepted is ever read whole."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return None
+    with _TIF_LAYOUTS_LOCK:
+        known = list(_TIF_LAYOUTS_SEEN.get(size, ()))
+    if not known:
+        return None
+    data = bytearray(size)
+    try:
+        with open(path, "rb") as fh:
+            if fh.readinto(data) != size:
+                return None
+    except OSError:
+        return None
+    for layout in known:
+        if _outside(data, layout.strips) == layout.other:
+            check_slice_size(layout.shape, path, limits, tiny=False)
+            return layout.pixels(data)
+    return None
 
 
 def read_kaggle_image(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
