@@ -47,7 +47,8 @@ def trained(
         clf += ["--min-saved", "0.3"]  # ... then raised while 30% of validation is called normal
         clf += ["--pretrain-epochs", str(PRETRAIN_EPOCHS)]  # the encoder learns the masks first
         rc_clf = main(["train", "classifier", "--archive", str(archive), *clf, *COMMON])
-        rc_seg = main(["train", "segmenter", "--archive", str(archive), *COMMON, "--lr", "1e-3"])
+        seg = ["--lr", "1e-3", "--augment", "strong"]  # nnU-Net-style intensity changes
+        rc_seg = main(["train", "segmenter", "--archive", str(archive), *COMMON, *seg])
         runs = tracking.search_runs(list(tracking.EXPERIMENTS.values()))
         yield {"tmp": tmp, "archive": archive, "rc": (rc_clf, rc_seg), "runs": runs}
 
@@ -66,6 +67,7 @@ def test_run_params_and_epoch_histories(trained: dict[str, Any], stage: str) -> 
     params, metrics = run["params"], run["metrics"]
     assert set(PARAMS) <= set(params), set(PARAMS) - set(params)
     assert params["image_size"] == "64" and params["weights"] == "none"
+    assert params["augment"] == ("strong" if stage == "segmenter" else "standard")
     assert (
         int(params["train_patients"]) + int(params["val_patients"]) + int(params["test_patients"])
         == 6
