@@ -154,3 +154,11 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         seg = json.loads(record.read_text())
         assert seg["recipe"]["resolved"]["augment"] == "strong"
+        split = seg["recipe"]["split_hash"]
+        # Another segmenter seed: the same folds, that stage alone trained again with it.
+        reseeded = ["--segmenter-augment", "strong", "--segmenter-seed", "7"]
+        assert main([*base, *changed, *reseeded]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
+        seg = json.loads(record.read_text())
+        assert seg["recipe"]["resolved"]["seed"] == 7 and seg["recipe"]["split_hash"] == split

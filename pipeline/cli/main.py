@@ -418,6 +418,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="the folds' segmenters' training augmentation (see `train segmenter --augment`)",
     )
     p.add_argument(
+        "--segmenter-seed",
+        type=int,
+        metavar="S",
+        help="seed of the segmenters' weights, shuffling and augmentation (default: --seed; the "
+        "folds stay as --seed makes them): train the same recipe again to see its run-to-run "
+        "spread",
+    )
+    p.add_argument(
         "--lone-slice-area",
         type=int,
         help="3-D post-processing: drop single-slice components below this area (px of a 256x256 "

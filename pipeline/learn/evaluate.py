@@ -387,12 +387,13 @@ def train_fold(
             config.archive,
             model,
             preset=config.preset,
-            seed=config.seed,
             register=False,
             experiment=EXPERIMENT,
             parent_run_id=parent_run_id,
             save=str(fold_dir / stage),
-            **{**extra, **dict(options)},
+            # The folds' split is fixed by `config.seed`; a stage's own `seed` option (weights,
+            # shuffling, augmentation) trains the same recipe again for its run-to-run spread.
+            **{"seed": config.seed, **extra, **dict(options)},
         )
         recipe = stage_recipe(config, plan, stage, model, options, data, train_config)
         reused = _reusable(fold_dir, stage, recipe) if config.resume else None
@@ -607,6 +608,7 @@ def cli_evaluate(args: Any) -> int:
             args.segmenter_epochs,
             ema=getattr(args, "segmenter_ema", None),
             augment=getattr(args, "segmenter_augment", None),
+            seed=getattr(args, "segmenter_seed", None),
         ),
         triage_options={
             k: v
