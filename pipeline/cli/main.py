@@ -362,6 +362,7 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from pipeline.learn.datasets import AUGMENTS
     from pipeline.learn.recipes import PRESETS
     from pipeline.triage.settings import TriageSettings
 
@@ -414,7 +415,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--segmenter-augment",
-        choices=("standard", "strong"),
+        choices=AUGMENTS,
         help="the folds' segmenters' training augmentation (see `train segmenter --augment`)",
     )
     p.add_argument(
