@@ -12,6 +12,7 @@ weights, so predictions stay float32.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: CPU flags that decide which precisions (and TensorFlow's oneDNN default) run natively.
+KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+             "amx_int8")  # fmt: skip
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -34,6 +38,19 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def key_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """Which of `KEY_FLAGS` this CPU has, in `KEY_FLAGS` order (reported with speed figures)."""
+    flags = cpu_flags(cpuinfo)
+    return [f for f in KEY_FLAGS if f in flags]
+
+
+def onednn_setting() -> str:
+    """This process's `TF_ENABLE_ONEDNN_OPTS`: "1" / "0" as set, or "default" (TensorFlow then
+    turns its oneDNN CPU kernels on only with AVX-512 VNNI, bf16 or AMX). The `mri-triage` command
+    sets "1" unless the user set it; training and inference speed depend on it."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")
 
 
 def choose_policy(has_gpu: bool, flags: Collection[str]) -> str:

@@ -1,7 +1,8 @@
 """Keep TensorFlow's native start-up noise out of the user's terminal on machines without a GPU.
 
 TensorFlow's C++ side writes "Could not find cuda drivers", "failed call to cuInit" and oneDNN
-notices straight to file descriptor 2 while it is imported, before any Python logging setting
+notices straight to file descriptor 2 while it is imported (and at its first graph with an integer
+op, oneDNN's "supports DT_INT32 only on platforms with AVX-512"), before any Python logging setting
 applies. On a machine with no NVIDIA driver those lines say nothing useful, so the command line
 imports TensorFlow once with descriptor 2 pointed at /dev/null. A Python exception raised by the
 import still reaches the user (descriptor 2 is restored first); machines with a GPU keep every line.
@@ -44,3 +45,7 @@ def import_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # device discovery logs here, not in the user's run
+        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
+            # oneDNN's once-a-process notice that it leaves integer ops to Eigen on a CPU
+            # without AVX-512 comes with the first graph holding one (a training step): here.
+            tf.function(lambda a: tf.transpose(a + a), autograph=False)(tf.constant([[0, 1]]))

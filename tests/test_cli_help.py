@@ -120,6 +120,28 @@ def test_native_noise_is_kept_off_the_terminal() -> None:
     assert done.stderr == "after"
 
 
+def test_onednns_integer_notice_is_kept_off_the_terminal() -> None:
+    """With oneDNN on (as the command runs TensorFlow), a CPU without AVX-512 logs "oneDNN
+    supports DT_INT32 only on platforms with AVX-512" at the first graph holding an integer op
+    (every training step has one): the quiet import meets it first, with stderr closed."""
+    from models.quiet import has_nvidia_driver
+
+    if has_nvidia_driver():
+        pytest.skip("machines with a GPU keep TensorFlow's native messages")
+    code = (
+        "import os; os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'\n"
+        "from models.quiet import import_tensorflow_quietly; import_tensorflow_quietly()\n"
+        "import tensorflow as tf\n"
+        "f = tf.function(lambda a: tf.transpose(a * 3), autograph=False)\n"
+        "print(f(tf.constant([[1, 2]])).numpy().tolist())"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[[3], [6]]"
+    assert "oneDNN" not in done.stderr and "util.cc" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("command", [["train", "classifier"], ["evaluate"], ["export"]])
 def test_every_command_answers_a_missing_archive_at_once(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -67,3 +67,19 @@ def test_index_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     summary = _json(capsys)
     assert (summary["patients"], summary["slices"], summary["tumour_slices"]) == (0, 0, 0)
     assert summary["errors"][0]["reason"] == "archive folder not found"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
+def test_the_command_turns_on_tensorflows_onednn_kernels_unless_the_user_chose(
+    given: str | None, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorFlow turns its oneDNN CPU kernels on by itself only with AVX-512 VNNI/bf16/AMX; the
+    command turns them on everywhere (2-3.4x faster training steps on AVX2), a user's 0 wins."""
+    import os
+
+    if given is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", given)
+    assert main(["index", str(tmp_path), "--json"]) in (0, 2)  # an empty folder: nothing to index
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == expected

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.precision import choose_policy, cpu_flags, policy_scope
+from models.precision import choose_policy, cpu_flags, key_flags, policy_scope
 from pipeline.cli.main import main
 
 
@@ -57,6 +57,7 @@ def test_cpu_flags_reads_cpuinfo(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\n")
     assert cpu_flags(info) == {"fpu", "avx2", "amx_bf16"}
     assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert key_flags(info) == ["avx2", "amx_bf16"]  # the ones speed depends on, in a fixed order
 
 
 def test_policy_scope_restores_and_validates() -> None:

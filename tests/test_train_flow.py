@@ -27,7 +27,7 @@ COMMON = ["--epochs", str(EPOCHS), "--image-size", "64", "--batch", "8", "--seed
 PATIENT_KEY = re.compile(r"SYN_\d{4}")
 PARAMS = ["architecture", "backbone", "weights", "trainable", "image_size", "epochs", "lr", "batch"]
 PARAMS += ["loss", "seed", "train_patients", "val_slices", "test_slices", "dataset_fingerprint"]
-PARAMS += ["split_hash"]
+PARAMS += ["split_hash", "cpu_flags", "tf_onednn_opts"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def test_run_params_and_epoch_histories(trained: dict[str, Any], stage: str) -> 
     assert set(PARAMS) <= set(params), set(PARAMS) - set(params)
     assert params["image_size"] == "64" and params["weights"] == "none"
     assert params["augment"] == ("strong" if stage == "segmenter" else "standard")
+    assert params["tf_onednn_opts"] == "1"  # the CLI's default (tests/conftest.py sets the same)
     assert (
         int(params["train_patients"]) + int(params["val_patients"]) + int(params["test_patients"])
         == 6

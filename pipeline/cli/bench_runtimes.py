@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-#: CPU flags that decide which precisions run natively.
-KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-             "amx_int8")  # fmt: skip
+from models.precision import KEY_FLAGS, onednn_setting
 
 
 def cpu_summary(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
@@ -38,7 +36,8 @@ def cpu_summary(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     except OSError:
         pass
     have = [f for f in KEY_FLAGS if f in flags]
-    out: dict[str, Any] = {"cpu": name, "cores": os.cpu_count(), "flags": have}
+    out: dict[str, Any] = {"cpu": name, "cores": os.cpu_count(), "flags": have,
+                           "tf_onednn": onednn_setting()}  # fmt: skip
     from pipeline.triage.runtime import openvino_available, ov_capabilities
 
     if openvino_available():
@@ -314,7 +313,7 @@ def cli_bench_triage(args: argparse.Namespace) -> int:
     cpu = out["cpu"]
     caps = " ".join(cpu.get("openvino_capabilities", ["-"]))
     print(f"CPU: {cpu['cpu']}, {cpu['cores']} cores; flags: {' '.join(cpu['flags'])}; "
-          f"OpenVINO capabilities: {caps}")  # fmt: skip
+          f"TF oneDNN: {cpu['tf_onednn']}; OpenVINO capabilities: {caps}")  # fmt: skip
     print(
         f"fp32 matmul peak (numpy, same run): {out['matmul_peak_gflops']:.1f} GFLOP/s "
         "(bf16 and int8 kernels can exceed it: GFLOP/s counts the fp32 model's operations)\n"

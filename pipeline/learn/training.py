@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.precision import key_flags, onednn_setting
 from pipeline import tracking, tracking_meta
 from pipeline.io.index import build_index, check_no_leakage, fingerprint, split_patients
 from pipeline.io.preprocess import PreprocessConfig
@@ -376,6 +377,9 @@ def _params(config: TrainConfig, plan: DataPlan, train: SliceArrays) -> dict[str
     p["skipped_files"] = plan.skipped_files
     p["train_slices_used"] = len(train)
     p.update(plan.counts)
+    # What the run's time depends on (the paper table's "time"), never who the patients are.
+    p["cpu_flags"] = " ".join(key_flags()) or "none"
+    p["tf_onednn_opts"] = onednn_setting()
     return p
 
 
