@@ -366,6 +366,7 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from pipeline.io.preprocess import INPUT_MODES
     from pipeline.learn.datasets import AUGMENTS
     from pipeline.learn.recipes import PRESETS
     from pipeline.triage.settings import TriageSettings
@@ -421,6 +422,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--segmenter-augment",
         choices=AUGMENTS,
         help="the folds' segmenters' training augmentation (see `train segmenter --augment`)",
+    )
+    p.add_argument(
+        "--segmenter-input-mode",
+        choices=INPUT_MODES,
+        help="what the folds' segmenters see (see `train segmenter --input-mode`; default: the "
+        "preset's, flair25d for cpu and gpu)",
     )
     p.add_argument(
         "--segmenter-seed",

@@ -608,6 +608,7 @@ def cli_evaluate(args: Any) -> int:
             args.segmenter_epochs,
             ema=getattr(args, "segmenter_ema", None),
             augment=getattr(args, "segmenter_augment", None),
+            input_mode=getattr(args, "segmenter_input_mode", None),
             seed=getattr(args, "segmenter_seed", None),
         ),
         triage_options={
