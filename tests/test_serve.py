@@ -40,7 +40,7 @@ def test_prefect_yaml_deploys_the_triage_flow_to_a_work_pool() -> None:
     flow = load_flow_from_entrypoint(str(repo / dep["entrypoint"]))
     assert flow.name == "mri-triage"
     assert set(dep["parameters"]) <= set(flow.parameters.properties)
-    from pipeline.cli.main import OFFLINE_ENV  # a worker's run gets TensorFlow as the command has it
+    from pipeline.cli.main import OFFLINE_ENV
 
-    env = dep["work_pool"]["job_variables"]["env"]
+    env = dep["work_pool"]["job_variables"]["env"]  # TensorFlow as the command runs it
     assert env["TF_ENABLE_ONEDNN_OPTS"] == OFFLINE_ENV["TF_ENABLE_ONEDNN_OPTS"] == "1"
