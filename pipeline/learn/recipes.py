@@ -7,7 +7,8 @@ are logged with every run, so a run can be repeated from its MLflow params alone
 - `paper`: the MRI paper's settings (256 px, Adam, lr 1e-4 for the classifiers and 1e-5 for ResUNet,
   15 / 30 epochs, the three stored channels, no extra normalisation, LR halved on plateau).
 - `cpu`: what reaches useful accuracy on real LGG patients on 2 CPU cores (both stages trained in 40
-  min on an AVX-512 machine, 130-152 min on AVX2-only ones; README, docs/ACCURACY.md): small
+  min on an AVX-512 machine, 54 min on an AVX2-only one with TensorFlow's oneDNN kernels, which the
+  command turns on, 130-152 min without them; README, docs/ACCURACY.md): small
   inputs (classifier 64 px, segmenter 128 px), FLAIR with its
   neighbouring slices as the three channels, per-patient intensity normalisation (so TIF and NIfTI
   sources look alike), AdamW with warm-up and cosine decay, checkpoints chosen on validation ROC AUC
