@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 #: Settings `main` puts in the environment before anything imports TensorFlow; a user's own
 #: settings win. Offline-friendly ones, and TensorFlow's oneDNN CPU kernels, which TensorFlow turns
 #: on by itself only on CPUs with AVX-512 VNNI, bf16 or AMX: on an AVX2-only CPU they train the
-#: `cpu` preset's ResNet50 3.4x and ResUNet 2x faster a step (docs/ACCURACY.md, row 37).
+#: `cpu` preset's ResNet50 3.4x and ResUNet 2x faster a step (docs/ACCURACY.md, row 38).
 OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
