@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from models.precision import onednn_setting
+
 
 def has_nvidia_driver() -> bool:
     """Whether this machine has an NVIDIA driver loaded (then CUDA messages matter)."""
@@ -45,7 +47,7 @@ def import_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # device discovery logs here, not in the user's run
-        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
+        if onednn_setting() == "1":
             # oneDNN's once-a-process notice that it leaves integer ops to Eigen on a CPU
             # without AVX-512 comes with the first graph holding one (a training step): here.
             tf.function(lambda a: tf.transpose(a + a), autograph=False)(tf.constant([[0, 1]]))

@@ -21,22 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from models.precision import KEY_FLAGS, onednn_setting
+from models.precision import key_flags, onednn_setting
 
 
 def cpu_summary(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """Model name, logical cores, and which `KEY_FLAGS` this CPU has."""
-    name, flags = "unknown", set[str]()
+    name = "unknown"
     try:
         for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("model name") and name == "unknown":
+            if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
-    have = [f for f in KEY_FLAGS if f in flags]
-    out: dict[str, Any] = {"cpu": name, "cores": os.cpu_count(), "flags": have,
+    out: dict[str, Any] = {"cpu": name, "cores": os.cpu_count(), "flags": key_flags(cpuinfo),
                            "tf_onednn": onednn_setting()}  # fmt: skip
     from pipeline.triage.runtime import openvino_available, ov_capabilities
 
