@@ -46,6 +46,7 @@ RECIPE_OPTIONS = (
     "gate_context",
     "ema",
     "augment",
+    "modality_dropout",
 )
 
 

@@ -174,3 +174,33 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path: Path) -> None:
     assert str(broken) not in set(plan.table["image_path"])
     arrays = load_slices(plan.table, plan.splits["train"], PreprocessConfig(image_size=32))
     assert len(arrays) == plan.counts["train_slices"]
+
+
+def test_modality_dropout_puts_flair_where_a_sequence_is_missing() -> None:
+    """A share p of the slices get FLAIR in place of pre-contrast, post-contrast or both (a third
+    each); FLAIR itself and the other slices are untouched; p = 0 changes nothing."""
+    import tensorflow as tf
+
+    from pipeline.learn.datasets import _drop_modalities
+
+    n = 3000
+    x = np.zeros((n, 4, 4, 3), np.float32)
+    x[..., 0], x[..., 1], x[..., 2] = 0.2, 0.5, 0.8
+    out = _drop_modalities(tf.constant(x), 0.3, seed=4).numpy()
+    np.testing.assert_array_equal(out[..., 1], x[..., 1])
+    pre = np.all(out[..., 0] == 0.5, axis=(1, 2))
+    post = np.all(out[..., 2] == 0.5, axis=(1, 2))
+    assert np.all(out[~pre][..., 0] == 0.2) and np.all(out[~post][..., 2] == 0.8)
+    shares = np.array([np.mean(pre & ~post), np.mean(~pre & post), np.mean(pre & post)])
+    assert abs(shares.sum() - 0.3) < 0.03 and np.all(np.abs(shares - 0.1) < 0.02)
+    np.testing.assert_array_equal(_drop_modalities(tf.constant(x), 0.0, seed=4).numpy(), x)
+    with pytest.raises(ValueError, match="modality_dropout"):
+        make_dataset(_blob_arrays(4), "segmenter", 4, training=True, modality_dropout=1.0)
+    with pytest.raises(ValueError, match="input_mode 'rgb'"):
+        TrainConfig.create(
+            "segmenter", "a", "resunet", preset="cpu", modality_dropout=0.3
+        )  # cpu's flair25d: the channels are FLAIR of three slices, no sequence to drop
+    config = TrainConfig.create(
+        "segmenter", "a", "resunet", preset="cpu", modality_dropout=0.3, input_mode="rgb"
+    )
+    assert config.modality_dropout == 0.3

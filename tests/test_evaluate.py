@@ -162,10 +162,13 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         seg = json.loads(record.read_text())
         assert seg["recipe"]["resolved"]["seed"] == 7 and seg["recipe"]["split_hash"] == split
-        # Another input mode for the segmenters: that stage alone, its model preprocessing with it.
-        assert main([*base, *changed, *reseeded, "--segmenter-input-mode", "rgb"]) == 0
+        # Another input mode for the segmenters (the three sequences, some dropped for FLAIR in
+        # training): that stage alone, its model preprocessing and recipe with it.
+        rgb = ["--segmenter-input-mode", "rgb", "--segmenter-modality-dropout", "0.25"]
+        assert main([*base, *changed, *reseeded, *rgb]) == 0
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
-        assert json.loads(record.read_text())["recipe"]["resolved"]["input_mode"] == "rgb"
+        resolved = json.loads(record.read_text())["recipe"]["resolved"]
+        assert resolved["input_mode"] == "rgb" and resolved["modality_dropout"] == 0.25
         sidecar = json.loads((fold_dir / "segmenter.json").read_text())
         assert sidecar["preprocess"]["input_mode"] == "rgb"

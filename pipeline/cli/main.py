@@ -356,6 +356,15 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         "or strong (+ scaling, gamma, brightness, contrast, noise; for other scanners)",
     )
     t.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=None,
+        metavar="P",
+        help="with --input-mode rgb: replace pre-contrast, post-contrast or both by FLAIR on a "
+        "share P of the training slices (what an archive stores for a missing sequence), so the "
+        "model still works where one is missing (default 0 = off)",
+    )
+    t.add_argument(
         "--gate-context",
         type=int,
         default=None,
@@ -428,6 +437,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         choices=INPUT_MODES,
         help="what the folds' segmenters see (see `train segmenter --input-mode`; default: the "
         "preset's, flair25d for cpu and gpu)",
+    )
+    p.add_argument(
+        "--segmenter-modality-dropout",
+        type=float,
+        metavar="P",
+        help="the folds' segmenters: see `train segmenter --modality-dropout` (needs "
+        "--segmenter-input-mode rgb)",
     )
     p.add_argument(
         "--segmenter-seed",

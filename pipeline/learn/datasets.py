@@ -14,6 +14,12 @@ look unlike the training set) adds, per slice: rotation to ±15° and scaling ×
 mask), and on the image a gamma change (γ log-uniform in 0.7-1.5, half the slices),
 multiplicative brightness (×0.8-1.2, half the slices), a wider contrast range (×0.75-1.25) and
 Gaussian noise inside the head (σ up to 0.03, a fifth of the slices).
+
+`modality_dropout=p` (three-sequence input only) replaces, on a share p of the training slices,
+the pre-contrast channel, the post-contrast channel or both (a third of those slices each) by
+FLAIR: what the Kaggle LGG set stores for a patient without that sequence, and what the NIfTI
+reader assembles for a source without it (BraTS has no pre-contrast). A model trained so uses the
+other sequences where they are there and falls back on FLAIR where they are not.
 """
 
 from __future__ import annotations
@@ -183,6 +189,22 @@ def _augment(x: Any, y: Any, seed: int, with_mask: bool, strong: bool = False) -
     return image, y
 
 
+def _drop_modalities(x: Any, p: float, seed: int) -> Any:
+    """Replace pre-contrast, post-contrast or both (a third each) by FLAIR on a share `p` of the
+    slices of a `(B, S, S, 3)` batch (channels pre, FLAIR, post)."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    dropped = tf.random.uniform([batch], seed=seed + 14) < p
+    which = tf.random.uniform([batch], 0, 3, dtype=tf.int32, seed=seed + 15)  # 0 pre, 1 post, 2 both
+    pre = tf.reshape(tf.logical_and(dropped, tf.not_equal(which, 1)), [-1, 1, 1])
+    post = tf.reshape(tf.logical_and(dropped, tf.not_equal(which, 0)), [-1, 1, 1])
+    flair = x[..., 1]
+    return tf.stack(
+        [tf.where(pre, flair, x[..., 0]), flair, tf.where(post, flair, x[..., 2])], axis=-1
+    )
+
+
 def _strong_intensity(image: Any, batch: Any, seed: int) -> Any:
     """Gamma, multiplicative brightness and in-head noise, each on a random share of slices."""
     import tensorflow as tf
@@ -213,6 +235,7 @@ def make_dataset(
     seed: int = 0,
     keep_empty: float = 1.0,
     augment: str = "standard",
+    modality_dropout: float = 0.0,
 ) -> Any:
     """A batched, prefetched `tf.data.Dataset` of `(image, target)`.
 
@@ -227,6 +250,8 @@ def make_dataset(
             epoch (drawn afresh each epoch), so the model sees a sampled share of empty slices.
             Below 1 the dataset repeats endlessly: pass `steps_per_epoch` to `fit`.
         augment: training augmentation, one of `AUGMENTS`.
+        modality_dropout: training only: the share of slices whose pre-contrast and/or
+            post-contrast channel is replaced by FLAIR (see the module's docstring).
 
     Returns:
         Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
@@ -239,6 +264,8 @@ def make_dataset(
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     if len(arrays) == 0:
         raise ValueError("no slices to build a dataset from")
+    if not 0.0 <= modality_dropout < 1.0:
+        raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
     target = arrays.labels if task == "classifier" else arrays.masks[..., None].astype(np.uint8)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, target))
 
@@ -260,6 +287,11 @@ def make_dataset(
         # Endless, so every epoch has the same number of batches (`steps_per_epoch` in `fit`).
         ds = ds.repeat()
     ds = ds.batch(batch)
+    if training and modality_dropout > 0:
+        ds = ds.map(
+            lambda x, y: (_drop_modalities(x, modality_dropout, seed), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     if training:
         ds = ds.map(
             lambda x, y: _augment(x, y, seed, task == "segmenter", augment == "strong"),

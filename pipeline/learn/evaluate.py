@@ -609,6 +609,7 @@ def cli_evaluate(args: Any) -> int:
             ema=getattr(args, "segmenter_ema", None),
             augment=getattr(args, "segmenter_augment", None),
             input_mode=getattr(args, "segmenter_input_mode", None),
+            modality_dropout=getattr(args, "segmenter_modality_dropout", None),
             seed=getattr(args, "segmenter_seed", None),
         ),
         triage_options={

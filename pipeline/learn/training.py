@@ -86,6 +86,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     ema: float = 0.0
     augment: str = "standard"
+    modality_dropout: float = 0.0
     input_mode: str = "rgb"
     normalize: str = "none"
     empty_fraction: float = 0.0
@@ -138,6 +139,13 @@ class TrainConfig:
             raise ValueError("need epochs >= 1, batch >= 1, lr > 0 and image_size >= 32")
         recipe_fit.check_recipe(self)
         self.preprocess  # noqa: B018 - validates input_mode and normalize
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.modality_dropout and self.input_mode != "rgb":
+            raise ValueError(
+                "modality_dropout replaces the pre- or post-contrast channel by FLAIR: it needs "
+                f"input_mode 'rgb' (the three sequences), got {self.input_mode!r}"
+            )
         rule.check_gate_context(self.gate_context)
         if self.gate_context and self.stage != "classifier":
             raise ValueError("gate_context is the classifier's (its operating point's z context)")
@@ -455,6 +463,7 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
                 seed=config.seed,
                 keep_empty=keep_empty,
                 augment=config.augment,
+                modality_dropout=config.modality_dropout,
             ),
             make_dataset(val, kind, config.batch, training=False),
             config,
