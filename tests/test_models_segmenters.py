@@ -118,3 +118,23 @@ def test_short_fit_lowers_loss_and_compiled_model_round_trips(tmp_path: Path) ->
         float(dice_coef(y, model(x))),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("build", [build_resunet, build_resunet_pp])
+def test_export_graph_resizes_instead_of_repeating_with_the_same_outputs(build) -> None:
+    """`for_export` swaps each nearest UpSampling2D for one resize: identical outputs, the
+    model's own weights (layers shared), and a model without upsampling comes back unchanged."""
+    from models.layers import NearestUpsample, for_export
+
+    model = build((32, 32, 3), (4, 8, 8, 16, 16))
+    exported = for_export(model)
+    ups = [layer for layer in model.layers if isinstance(layer, keras.layers.UpSampling2D)]
+    swapped = [layer for layer in exported.layers if isinstance(layer, NearestUpsample)]
+    assert len(swapped) == len(ups) > 0
+    assert not any(isinstance(layer, keras.layers.UpSampling2D) for layer in exported.layers)
+    x = np.random.default_rng(1).random((3, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_array_equal(exported.predict(x, verbose=0), model.predict(x, verbose=0))
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert any(layer is conv for layer in exported.layers)
+    classifier = build_classifier("resnet50", (32, 32, 3), weights=None)
+    assert for_export(classifier) is classifier

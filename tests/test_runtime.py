@@ -117,6 +117,14 @@ def test_export_round_trip_per_family(name: str, kind: str, tmp_path: Path) -> N
     x = np.random.default_rng(0).random((6, 64, 64, 3), dtype=np.float32)
     rows = export_model(path, SliceSets(x, x), ("f32",), batch=4)
     assert rows[0]["status"] == "exported" and rows[0]["refused"] is None
+    if kind == "segmenter":  # nearest upsampling exported as one resize, not tiles of repeats
+        import keras
+        import openvino as ov
+
+        xml = rows[0]["folder"] + "/model.xml"
+        ops = [o.get_type_name() for o in ov.Core().read_model(xml).get_ops()]
+        ups = sum(isinstance(layer, keras.layers.UpSampling2D) for layer in model.layers)
+        assert "Tile" not in ops and sum(o.startswith("Interpolate") for o in ops) == ups > 0
     choice = runtime.choose_export(path, "f32", 0.99)
     assert choice.card is not None and choice.xml is not None
     assert choice.card.kind == kind and choice.card.preprocess.image_size == 64
@@ -170,6 +178,15 @@ def test_cached_export_reused_and_invalidated_by_new_model(
     again = export_model(path, slices, ("f32",), batch=8)[0]
     assert (first["status"], again["status"]) == ("exported", "cached")
     assert first["folder"] == again["folder"]
+    record_path = Path(first["folder"]) / "export.json"
+    record = json.loads(record_path.read_text())
+    assert record["format"] == runtime.EXPORT_FORMAT
+    record["format"] = 1  # made by an older export recipe: still served, made again by export
+    record_path.write_text(json.dumps(record))
+    assert runtime.choose_export(path, "f32", 0.99).xml == Path(first["folder"]) / "model.xml"
+    remade = export_model(path, slices, ("f32",), batch=8)[0]
+    assert remade["status"] == "exported" and remade["folder"] == first["folder"]
+    assert json.loads(record_path.read_text())["format"] == runtime.EXPORT_FORMAT
     th.save(th.bright_segmenter(cut=0.7), tmp_path / "seg.keras", "segmenter")  # a new version
     newer = export_model(path, slices, ("f32",), batch=8)[0]
     assert newer["status"] == "exported" and newer["folder"] != first["folder"]

@@ -196,7 +196,8 @@ def _drop_modalities(x: Any, p: float, seed: int) -> Any:
 
     batch = tf.shape(x)[0]
     dropped = tf.random.uniform([batch], seed=seed + 14) < p
-    which = tf.random.uniform([batch], 0, 3, dtype=tf.int32, seed=seed + 15)  # 0 pre, 1 post, 2 both
+    # 0: pre-contrast, 1: post-contrast, 2: both
+    which = tf.random.uniform([batch], 0, 3, dtype=tf.int32, seed=seed + 15)
     pre = tf.reshape(tf.logical_and(dropped, tf.not_equal(which, 1)), [-1, 1, 1])
     post = tf.reshape(tf.logical_and(dropped, tf.not_equal(which, 0)), [-1, 1, 1])
     flair = x[..., 1]

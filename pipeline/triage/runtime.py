@@ -36,6 +36,10 @@ from pipeline.triage.settings import OV_PRECISION_CHOICES, OV_PRECISIONS, RUNTIM
 log = logging.getLogger(__name__)
 
 EXPORT_RECORD = "export.json"
+#: Version of the export recipe, kept in each record. `mri-triage export` re-exports a copy made by
+#: an older recipe (2: nearest upsampling as one resize, `models.layers.for_export`); triage still
+#: serves an older copy (the same outputs, only slower) until then.
+EXPORT_FORMAT = 2
 CACHE_ENV = "MRI_TRIAGE_CACHE"
 
 
