@@ -93,6 +93,36 @@ def test_segmenter_refused_below_dice() -> None:
     assert back == bad
 
 
+def test_last_slices_run_on_the_small_batch_copy(tmp_path: Path) -> None:
+    """A call's rest runs on the batch-4 copy when that pads less than one full batch: the same
+    outputs as padding one batch of 16, fewer slices computed."""
+    import openvino as ov
+
+    x_in = ov.opset13.parameter([-1, 8, 8, 3], np.float32)
+    double = ov.opset13.multiply(x_in, ov.opset13.constant(np.float32(2.0)))
+    xml = tmp_path / "double.xml"
+    ov.save_model(ov.Model([double], [x_in]), str(xml), compress_to_fp16=False)
+    padded = runtime.OvPredictor(runtime.compile_ir(xml, "f32", 16), 16)
+    tail = runtime.compile_ir(xml, "f32", runtime.TAIL_BATCH)
+    tailed = runtime.OvPredictor(runtime.compile_ir(xml, "f32", 16), 16, tail=tail)
+    rng = np.random.default_rng(0)
+    for n, (computed_padded, computed_tailed) in {
+        1: (16, 4),
+        12: (16, 12),
+        13: (16, 16),
+        16: (16, 16),
+        21: (32, 24),
+        34: (48, 36),
+    }.items():
+        x = rng.random((n, 8, 8, 3), dtype=np.float32)
+        before = (padded.computed, tailed.computed)
+        np.testing.assert_array_equal(padded(x), 2 * x)
+        np.testing.assert_array_equal(tailed(x), 2 * x)
+        assert padded.computed - before[0] == computed_padded
+        assert tailed.computed - before[1] == computed_tailed
+    assert tailed.slices == padded.slices == 97
+
+
 # ---------------------------------------------------------------- exports -------------------------
 
 
@@ -317,6 +347,12 @@ def test_bench_runs_on_openvino_without_a_tf_loop(
     # The run's CPU includes the models' and more (reading, writing), and its floor holds.
     assert r["cpu_s_end_to_end"] > 0 and r["cpu_s_models"] > 0
     assert r["cpu_ms_outside_models_per_slice"] >= 0 and r["ratio_floor"] >= 1.0
+    # What the models computed, padding included: 8 slices a patient = one full batch each.
+    assert r["computed_classifier"] == 48
+    assert r["segmenter_inputs"] <= r["computed_segmenter"] < r["segmenter_inputs"] + 4 * 6 * 2
+    from pipeline.cli.bench_runtimes import _padding_rows
+
+    assert _padding_rows(r, r["segmenter_inputs"])[0][1].startswith("classifier 48 / 48 = 1.000x")
 
 
 def test_cpu_budget_floor_shares_the_run_s_cpu_over_the_cores(

@@ -184,10 +184,12 @@ def bench_triage(
     _warm_up(models, read_patient(groups[0], models, settings), batch)
 
     models.classify.seconds = models.segment.seconds = 0.0
+    models.classify.computed = models.segment.computed = 0
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [PatientJob.of(rows, tmp, uris, settings, force=True) for rows in groups]
         e2e = _end_to_end(jobs, workers, prefetch)
     inside = models.classify.seconds + models.segment.seconds
+    computed = (models.classify.computed, models.segment.computed)
     done = [r for r in e2e["results"] if r.findings is not None]
     flagged = sum(len(r.findings.flagged_slices) for r in done)
     clf_s, seg_s, model_cpu, loop_x = _models_alone(groups, models, settings, loop_slices)
@@ -202,6 +204,8 @@ def bench_triage(
         "slices": n,
         "flagged": flagged,
         "segmenter_inputs": segmented,
+        "computed_classifier": computed[0],
+        "computed_segmenter": computed[1],
         "failures": len(e2e["results"]) - len(done),
         "segmenter_calls_saved": n - flagged,
         "end_to_end_s": seconds,

@@ -171,6 +171,20 @@ def _memory_rows(
     return rows
 
 
+def _padding_rows(r: dict[str, Any], segmented: int) -> list[tuple[str, str]]:
+    """What the models computed end to end, padding of the last batches included."""
+    if "computed_classifier" not in r:
+        return []
+    clf, seg = r["computed_classifier"], r["computed_segmenter"]
+    return [
+        (
+            "slices computed / needed (padding)",
+            f"classifier {clf} / {r['slices']} = {clf / max(r['slices'], 1):.3f}x, segmenter "
+            f"{seg} / {segmented} = {seg / max(segmented, 1):.3f}x",
+        )
+    ]
+
+
 def _cpu_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The CPU budget (`pipeline.cli.bench.cpu_budget`) as table rows."""
     if r.get("ratio_floor") is None:
@@ -218,6 +232,7 @@ def config_table(
         ("runs on", f"{r['runtimes'].get('classifier')} + {r['runtimes'].get('segmenter')}"),
         ("patients / slices / segmented", f"{r['patients']} / {r['slices']} / {r['flagged']}"),
         ("end-to-end slices/s", f"{r['end_to_end_slices_per_s']:.1f} ({r['end_to_end_s']:.2f} s)"),
+        *_padding_rows(r, segmented),
         ("end-to-end vs TF fp32", f"{vs_tf:.2f}x"),
         (
             "models alone (batched)",

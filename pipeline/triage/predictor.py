@@ -80,6 +80,7 @@ class BatchPredictor:
         self._pad = np.zeros((self.batch, *model.input_shape[1:]), np.float32)
         self.seconds = 0.0
         self.slices = 0
+        self.computed = 0  # slices the model computed, padding included
 
     def _forward(self, x: Any) -> Any:
         return self.model(x, training=False)
@@ -117,6 +118,7 @@ class BatchPredictor:
                     self._pad[n:size] = 0.0
                     part = self._pad[:size]
                 out[i : i + n] = self._run(part)[:n]
+                self.computed += size
             spent = time.perf_counter() - start
         with self._lock:
             self.seconds += spent
