@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 PATIENT_KEY = re.compile(r"SYN_\d{4}")
 FAST = ["--classifier-size", "64", "--segmenter-size", "64", "--classifier-epochs", "1"]
 FAST += ["--segmenter-epochs", "1", "--backbone", "vgg16", "--weights", "none", "--n-boot", "100"]
+FAST += ["--classifier-pretrain-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def test_every_metric_with_its_interval(evaluated: dict[str, Any], capsys: Any) 
     assert low <= overall["segmenter_calls_saved"] <= high
     fold = result["folds"][0]
     assert fold["fold"] == 0 and fold["classifier_s"] > 0 and fold["segmenter_s"] > 0
+    record = json.loads((evaluated["out"] / "fold-0" / "classifier.recipe.json").read_text())
+    assert record["recipe"]["resolved"]["pretrain_epochs"] == 1  # the preset's 8, overridden
     assert 0.0 <= fold["threshold"] <= 1.0
     rows = (evaluated["out"] / "patients.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("fold,patient")

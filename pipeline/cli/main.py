@@ -419,6 +419,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier-size", type=int, help="override the preset's image size")
     p.add_argument("--segmenter-size", type=int, help="override the preset's image size")
     p.add_argument("--classifier-epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--classifier-pretrain-epochs",
+        type=int,
+        metavar="N",
+        help="override the preset's mask pre-training epochs of a classifier without ImageNet "
+        "weights (see `train classifier --pretrain-epochs`)",
+    )
     p.add_argument("--segmenter-epochs", type=int, help="override the preset's epochs")
     p.add_argument(
         "--segmenter-ema",

@@ -602,6 +602,7 @@ def cli_evaluate(args: Any) -> int:
             args.classifier_epochs,
             gate_context=context,
             min_saved=getattr(args, "min_saved", None),
+            pretrain_epochs=getattr(args, "classifier_pretrain_epochs", None),
         ),
         segmenter_options=stage_options(
             args.segmenter_size,
