@@ -216,7 +216,7 @@ def test_presets_and_precedence() -> None:
         "flair25d",
         "cosine",
     )
-    assert (cpu.pretrain_epochs, cpu.pretrain_lr) == (8, 1e-3)  # the encoder learns the masks first
+    assert (cpu.pretrain_epochs, cpu.pretrain_lr) == (5, 1e-3)  # the encoder learns the masks first
     assert cpu.preprocess.normalize == "volume" and cpu.preset == "cpu"
     assert (cpu.gate_context, cpu.min_sensitivity) == (1, 0.99)  # the gate looks along z
     plain = TrainConfig.create("classifier", "x", "resnet50", weights="none")
@@ -233,7 +233,7 @@ def test_presets_and_precedence() -> None:
     mine = TrainConfig.create(
         "classifier", "x", "resnet50", preset="cpu", weights="none", image_size=96, lr=2e-4
     )
-    assert (mine.image_size, mine.lr, mine.epochs) == (96, 2e-4, 16)  # explicit beats preset
+    assert (mine.image_size, mine.lr, mine.epochs) == (96, 2e-4, 12)  # explicit beats preset
     off = TrainConfig.create("classifier", "x", "resnet50", preset="cpu", pretrain_epochs=0)
     assert off.pretrain_epochs == 0  # an explicit 0 turns the preset's pre-training off
     pre = preset_values("cpu", "classifier", pretrained=True)

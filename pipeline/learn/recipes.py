@@ -6,15 +6,16 @@ are logged with every run, so a run can be repeated from its MLflow params alone
 
 - `paper`: the MRI paper's settings (256 px, Adam, lr 1e-4 for the classifiers and 1e-5 for ResUNet,
   15 / 30 epochs, the three stored channels, no extra normalisation, LR halved on plateau).
-- `cpu`: what reaches useful accuracy on real LGG patients on 2 CPU cores (both stages trained in 40
-  min on an AVX-512 machine, 54 min on an AVX2-only one with TensorFlow's oneDNN kernels, which the
-  command turns on, 130-152 min without them; README, docs/ACCURACY.md): small
+- `cpu`: what reaches useful accuracy on real LGG patients on 2 CPU cores (v7: both stages trained
+  in 42 min on an AVX2-only machine with TensorFlow's oneDNN kernels, which the command turns on;
+  the longer v6 schedule took 54 min there, 130-152 min without oneDNN, 40 on an AVX-512 machine;
+  README, docs/ACCURACY.md row 42): mask pre-training 5 epochs, classifier 12, segmenter 30; small
   inputs (classifier 64 px, segmenter 128 px), FLAIR with its
   neighbouring slices as the three channels, per-patient intensity normalisation (so TIF and NIfTI
   sources look alike), AdamW with warm-up and cosine decay, checkpoints chosen on validation ROC AUC
   / per-patient Dice, and a segmenter that also sees a sampled share of tumour-free slices so it
   learns to draw nothing. Without ImageNet weights the classifier's backbone is first trained for
-  8 epochs as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the
+  a few epochs as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the
   head. The gate looks 1 slice either side (`pipeline.triage.rule.context_p_normal`) and its
   operating point keeps validation slice sensitivity >= 0.99, then is raised as far as validation
   still calls 45% of its slices normal (`--min-saved`: the calls-saved target spent on sensitivity;
@@ -52,9 +53,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "classifier": {
             "image_size": 64,
-            "pretrain_epochs": 8,
+            "pretrain_epochs": 5,
             "pretrain_lr": 1e-3,
-            "epochs": 16,
+            "epochs": 12,
             "batch": 32,
             "lr": 5e-4,
             "optimizer": "adamw",
@@ -70,7 +71,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "segmenter": {
             "image_size": 128,
-            "epochs": 40,
+            "epochs": 30,
             "batch": 16,
             "lr": 1e-3,
             "loss": "bce_dice",
