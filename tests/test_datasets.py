@@ -196,7 +196,7 @@ def test_modality_dropout_puts_flair_where_a_sequence_is_missing() -> None:
     np.testing.assert_array_equal(_drop_modalities(tf.constant(x), 0.0, seed=4).numpy(), x)
     with pytest.raises(ValueError, match="modality_dropout"):
         make_dataset(_blob_arrays(4), "segmenter", 4, training=True, modality_dropout=1.0)
-    with pytest.raises(ValueError, match="input_mode 'rgb'"):
+    with pytest.raises(ValueError, match=r"input_mode .rgb. or .adaptive."):
         TrainConfig.create(
             "segmenter", "a", "resunet", preset="cpu", modality_dropout=0.3
         )  # cpu's flair25d: the channels are FLAIR of three slices, no sequence to drop
@@ -204,3 +204,44 @@ def test_modality_dropout_puts_flair_where_a_sequence_is_missing() -> None:
         "segmenter", "a", "resunet", preset="cpu", modality_dropout=0.3, input_mode="rgb"
     )
     assert config.modality_dropout == 0.3
+
+
+def test_adaptive_training_shows_a_share_of_slices_in_their_flair_form(tmp_path: Path) -> None:
+    """ "adaptive" training slices keep FLAIR of k-1 and k+1 (`neighbours=True`);
+    `modality_dropout` p then shows a share p in their FLAIR form (FLAIR k-1, k, k+1), the rest
+    as triage feeds them."""
+    import tensorflow as tf
+
+    from pipeline.learn.datasets import _flair_form
+
+    root = write_synthetic_archive(tmp_path / "a", 4, "kaggle", seed=0, slices=5, image_size=64)
+    plan = plan_data(str(root))
+    config = PreprocessConfig(image_size=32, input_mode="adaptive", normalize="volume")
+    plain = load_slices(plan.table, plan.splits["train"], config)
+    both = load_slices(plan.table, plan.splits["train"], config, neighbours=True)
+    assert plain.images.shape[-1] == 3 and both.images.shape[-1] == 5
+    np.testing.assert_array_equal(both.images[..., :3], plain.images)
+    np.testing.assert_array_equal(both.images[1:5, ..., 3], both.images[0:4, ..., 1])  # FLAIR k-1
+    np.testing.assert_array_equal(both.images[0:4, ..., 4], both.images[1:5, ..., 1])  # FLAIR k+1
+    with pytest.raises(ValueError, match="adaptive"):
+        load_slices(plan.table, plan.splits["train"], PreprocessConfig(32), neighbours=True)
+
+    n = 2000
+    x = np.zeros((n, 2, 2, 5), np.float32)
+    x[..., 0], x[..., 1], x[..., 2], x[..., 3], x[..., 4] = 0.1, 0.5, 0.9, 0.4, 0.6
+    out = _flair_form(tf.constant(x), 0.4, seed=2).numpy()
+    assert out.shape == (n, 2, 2, 3)
+    np.testing.assert_array_equal(out[..., 1], x[..., 1])
+    alone = np.all(out[..., 0] == 0.4, axis=(1, 2))
+    np.testing.assert_array_equal(alone, np.all(out[..., 2] == 0.6, axis=(1, 2)))
+    assert np.all(out[~alone][..., 0] == 0.1) and np.all(out[~alone][..., 2] == 0.9)
+    assert abs(alone.mean() - 0.4) < 0.04
+    np.testing.assert_array_equal(_flair_form(tf.constant(x), 0.0, seed=2).numpy(), x[..., :3])
+    ds = make_dataset(both, "segmenter", 4, training=True, seed=1, modality_dropout=0.5)
+    assert next(iter(ds))[0].shape[-1] == 3
+    with pytest.raises(ValueError, match="training batches only"):
+        make_dataset(both, "segmenter", 4, training=False)
+    config = TrainConfig.create(
+        "segmenter", "a", "resunet", preset="cpu", modality_dropout=0.5, input_mode="adaptive"
+    )
+    assert (config.input_mode, config.modality_dropout) == ("adaptive", 0.5)

@@ -165,13 +165,14 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         seg = json.loads(record.read_text())
         assert seg["recipe"]["resolved"]["seed"] == 7 and seg["recipe"]["split_hash"] == split
-        # Another input mode for the segmenters (the three sequences, some dropped for FLAIR in
-        # training): that stage alone, its model preprocessing and recipe with it.
-        rgb = ["--segmenter-input-mode", "rgb", "--segmenter-modality-dropout", "0.25"]
-        assert main([*base, *changed, *reseeded, *rgb]) == 0
+        # Another input mode for the segmenters (the three sequences, FLAIR of k-1, k, k+1 on a
+        # share of the training slices): that stage alone, its preprocessing and recipe with it,
+        # and triage through it.
+        adaptive = ["--segmenter-input-mode", "adaptive", "--segmenter-modality-dropout", "0.25"]
+        assert main([*base, *changed, *reseeded, *adaptive]) == 0
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         resolved = json.loads(record.read_text())["recipe"]["resolved"]
-        assert resolved["input_mode"] == "rgb" and resolved["modality_dropout"] == 0.25
+        assert resolved["input_mode"] == "adaptive" and resolved["modality_dropout"] == 0.25
         sidecar = json.loads((fold_dir / "segmenter.json").read_text())
-        assert sidecar["preprocess"]["input_mode"] == "rgb"
+        assert sidecar["preprocess"]["input_mode"] == "adaptive"

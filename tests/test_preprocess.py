@@ -158,7 +158,7 @@ def _inputs_the_long_way(images: np.ndarray, config: PreprocessConfig) -> np.nda
     return prepare_batch(select_channels(x, config.input_mode), config)
 
 
-@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d"])
+@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d", "adaptive"])
 @pytest.mark.parametrize("normalize", ["none", "volume"])
 def test_model_inputs_share_work_and_equal_the_definition(mode: str, normalize: str) -> None:
     from pipeline.io.preprocess import model_inputs, patient_inputs
@@ -188,7 +188,7 @@ def test_flair25d_channels_are_the_neighbouring_slices(n: int) -> None:
         np.testing.assert_array_equal(got[k, ..., 2], flair[min(k + 1, n - 1)])
 
 
-@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d"])
+@pytest.mark.parametrize("mode", ["rgb", "flair", "flair25d", "adaptive"])
 @pytest.mark.parametrize("n", [1, 2, 6])
 def test_compact_inputs_expand_to_the_model_inputs_of_any_slices(mode: str, n: int) -> None:
     from pipeline.io.preprocess import compact_inputs, expand_inputs, model_inputs
@@ -197,13 +197,57 @@ def test_compact_inputs_expand_to_the_model_inputs_of_any_slices(mode: str, n: i
     config = PreprocessConfig(image_size=12, input_mode=mode, normalize="volume")
     whole = model_inputs(images, (config,))[0]
     planes = compact_inputs(images, (config,))[0]
-    assert planes.shape == (n, 12, 12, 3 if mode == "rgb" else 1)  # a third for FLAIR modes
+    flair_only = mode in ("flair", "flair25d")
+    assert planes.shape == (n, 12, 12, 1 if flair_only else 3)  # a third for FLAIR modes
     np.testing.assert_array_equal(expand_inputs(planes, mode), whole)
     rng = np.random.default_rng(0)
     for index in ([0], [n - 1], sorted(rng.choice(n, size=max(n // 2, 1), replace=False)), []):
         got = expand_inputs(planes, mode, index)
         assert got.shape == (len(index), 12, 12, 3)
         np.testing.assert_array_equal(got, whole[list(index)])
+
+
+@pytest.mark.parametrize("normalize", ["none", "volume"])
+@pytest.mark.parametrize("as_uint8", [False, True])
+def test_adaptive_reads_flair_alone_where_a_sequence_stands_in(
+    normalize: str, as_uint8: bool
+) -> None:
+    """Slices with all three sequences get them; a slice whose pre- or post-contrast is a copy of
+    its FLAIR (a missing sequence, as archives store it) gets FLAIR of slices k-1, k, k+1: exactly
+    the "rgb" and "flair25d" inputs of those slices, for any subset of slices asked for."""
+    from pipeline.io.preprocess import (
+        compact_inputs,
+        expand_inputs,
+        model_inputs,
+        standin_slices,
+        stored_standins,
+    )
+
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, size=(7, 40, 40, 3), dtype=np.uint8)
+    grey[2, ..., 2] = grey[2, ..., 1]  # post-contrast missing on one slice
+    grey[4, ..., 0] = grey[4, ..., 1]  # pre-contrast missing on another
+    grey[5, ..., 0] = grey[5, ..., 2] = grey[5, ..., 1]  # both
+    images = grey if as_uint8 else grey.astype(np.float32) / np.float32(255.0)
+    alone = np.zeros(7, bool)
+    alone[[2, 4, 5]] = True
+    np.testing.assert_array_equal(stored_standins(images), alone)
+    adaptive, rgb, flair25d = (
+        PreprocessConfig(16, input_mode=m, normalize=normalize)
+        for m in ("adaptive", "rgb", "flair25d")
+    )
+    got, want_rgb, want_flair = model_inputs(images, (adaptive, rgb, flair25d))
+    np.testing.assert_array_equal(got[~alone], want_rgb[~alone])
+    np.testing.assert_array_equal(got[alone], want_flair[alone])
+    planes = compact_inputs(images, (adaptive,))[0]
+    np.testing.assert_array_equal(standin_slices(planes), alone)
+    for index in ([0], [2], [5, 6], [1, 4, 5], []):
+        np.testing.assert_array_equal(expand_inputs(planes, "adaptive", index), got[index])
+    # A patient without post-contrast at all (FLAIR in its place on every slice): FLAIR alone.
+    none_post = images.copy()
+    none_post[..., 2] = none_post[..., 1]
+    got, want = model_inputs(none_post, (adaptive, flair25d))
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("normalize", ["none", "volume"])
@@ -227,7 +271,7 @@ def test_uint8_grey_levels_give_the_floats_levels_and_inputs(normalize: str) -> 
     assert volume_levels(grey)[2] is None
     np.testing.assert_array_equal(normalize_volume(grey), normalize_volume(floats))
     configs = tuple(PreprocessConfig(16, input_mode=m, normalize=normalize)
-                    for m in ("rgb", "flair", "flair25d"))  # fmt: skip
+                    for m in ("rgb", "flair", "flair25d", "adaptive"))  # fmt: skip
     for a, b in zip(model_inputs(floats, configs), model_inputs(grey, configs), strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(compact_inputs(floats, configs), compact_inputs(grey, configs), strict=True):

@@ -362,7 +362,9 @@ def _add_recipe_options(t: argparse.ArgumentParser) -> None:
         metavar="P",
         help="with --input-mode rgb: replace pre-contrast, post-contrast or both by FLAIR on a "
         "share P of the training slices (what an archive stores for a missing sequence), so the "
-        "model still works where one is missing (default 0 = off)",
+        "model still works where one is missing; with --input-mode adaptive: show a share P of "
+        "the slices that have all three sequences in their FLAIR form (FLAIR of slices k-1, k, "
+        "k+1), the form triage gives a slice without them (default 0 = off)",
     )
     t.add_argument(
         "--gate-context",
@@ -450,7 +452,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar="P",
         help="the folds' segmenters: see `train segmenter --modality-dropout` (needs "
-        "--segmenter-input-mode rgb)",
+        "--segmenter-input-mode rgb or adaptive)",
     )
     p.add_argument(
         "--segmenter-seed",

@@ -20,9 +20,11 @@ import numpy as np
 #: Channel order of every image in memory (the Kaggle LGG TIFs' own order).
 CHANNEL_ORDER = ("t1", "flair", "t1ce")
 #: What the model's three input channels hold: "rgb" (T1, FLAIR, T1ce as stored, the paper's),
-#: "flair" (FLAIR x3: needs FLAIR alone) or "flair25d" (FLAIR of slices k-1, k, k+1: FLAIR alone
-#: plus the neighbouring slices as context).
-INPUT_MODES = ("rgb", "flair", "flair25d")
+#: "flair" (FLAIR x3: needs FLAIR alone), "flair25d" (FLAIR of slices k-1, k, k+1: FLAIR alone
+#: plus the neighbouring slices as context) or "adaptive" (per slice: T1, FLAIR, T1ce where all
+#: three sequences are stored, FLAIR of slices k-1, k, k+1 where FLAIR stands in for a missing one,
+#: as the Kaggle archive stores it and the readers assemble it; see `standin_slices`).
+INPUT_MODES = ("rgb", "flair", "flair25d", "adaptive")
 #: Intensity normalisation before the model: "none" (TIF / 255, NIfTI per-volume percentiles, as
 #: loaded) or "volume" (every channel re-scaled to percentiles of the patient's own foreground, so
 #: an 8-bit TIF series and a raw or z-scored NIfTI volume look alike).
@@ -399,6 +401,12 @@ def select_channels(images: np.ndarray, mode: str) -> np.ndarray:
         raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
     if mode == "rgb":
         return unit_float(images)
+    if mode == "adaptive":
+        x = np.array(unit_float(images), dtype=np.float32)  # a copy: stand-ins are written in
+        alone = stored_standins(images)
+        x[alone, ..., 0] = x[alone, ..., 1]
+        x[alone, ..., 2] = x[alone, ..., 1]
+        return expand_inputs(x, mode)
     return expand_inputs(unit_float(images[..., 1:2]), mode)  # FLAIR: one plane
 
 
@@ -484,11 +492,38 @@ def compact_inputs(
                 chunk = unit_float(part)
             for i in members:
                 smalls[i][start : start + len(chunk)] = resize_image(chunk, configs[i].image_size)
+    standin = None
     out = []
     for i in range(len(configs)):
-        small = smalls.pop(i)
-        out.append(np.clip(small, 0.0, 1.0, out=small))
+        small = np.clip(smalls.pop(i), 0.0, 1.0)
+        if configs[i].input_mode == "adaptive" and len(small):
+            if standin is None:
+                standin = stored_standins(x)
+            # A stand-in sequence becomes exactly the FLAIR plane, whatever its own levels were,
+            # so `expand_inputs` sees it (`standin_slices`) in the compact array alone.
+            small[standin, ..., 0] = small[standin, ..., 1]
+            small[standin, ..., 2] = small[standin, ..., 1]
+        out.append(small)
     return tuple(out)
+
+
+def stored_standins(images: np.ndarray) -> np.ndarray:
+    """`(N,)` bool: the slices of `(N, H, W, 3)` (T1, FLAIR, T1ce) pixels whose T1 or T1ce is a
+    copy of their FLAIR, as the Kaggle LGG archive stores a missing sequence and the NIfTI and
+    DICOM readers fill one a source lacks (an all-black slice counts too)."""
+    x = np.asarray(images)
+    flair = x[..., 1]
+    same_pre = np.all(x[..., 0] == flair, axis=(1, 2))
+    same_post = np.all(x[..., 2] == flair, axis=(1, 2))
+    return np.asarray(same_pre | same_post, dtype=bool)
+
+
+def standin_slices(planes: np.ndarray) -> np.ndarray:
+    """`(N,)` bool: the slices of a compact "adaptive" array (`compact_inputs`, model size) whose
+    pre- or post-contrast plane equals the FLAIR plane: those the model reads from FLAIR alone."""
+    flair = planes[..., 1]
+    same_pre = np.all(planes[..., 0] == flair, axis=(1, 2))
+    return np.asarray(same_pre | np.all(planes[..., 2] == flair, axis=(1, 2)), dtype=bool)
 
 
 def expand_inputs(
@@ -503,6 +538,8 @@ def expand_inputs(
         raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
     n = len(planes)
     idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    if mode == "adaptive":
+        return _adaptive_inputs(planes, idx)
     if mode == "rgb" or planes.shape[-1] == 3:
         return planes if index is None else planes[idx]
     flair = planes[..., 0]
@@ -516,3 +553,30 @@ def expand_inputs(
         out[..., 0] = flair[np.maximum(idx - 1, 0)]
         out[..., 2] = flair[np.minimum(idx + 1, n - 1)]
     return out
+
+
+def _adaptive_inputs(planes: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """ "adaptive" inputs of slices `idx` from a compact `(N, S, S, 3)` array: the three sequences
+    where they are stored, FLAIR of slices k-1, k, k+1 where a stand-in is (`standin_slices`)."""
+    if planes.ndim != 4 or planes.shape[-1] != 3:
+        raise ValueError(f"'adaptive' needs (N, S, S, 3) planes, got {planes.shape}")
+    out = planes[idx]  # a copy (fancy indexing)
+    if not len(idx):
+        return out
+    alone = standin_slices(out)
+    if alone.any():
+        k = idx[alone]
+        n = len(planes)
+        out[alone, ..., 0] = planes[np.maximum(k - 1, 0), ..., 1]
+        out[alone, ..., 2] = planes[np.minimum(k + 1, n - 1), ..., 1]
+    return out
+
+
+def flair_neighbours(planes: np.ndarray) -> np.ndarray:
+    """`(N, S, S, 2)`: FLAIR of slices k-1 and k+1 for each slice of a compact `(N, S, S, 3)`
+    array (the first and last repeated at the volume's ends): what "adaptive" training shows in
+    place of the other sequences on a share of its slices."""
+    flair = planes[..., 1]
+    n = len(planes)
+    k = np.arange(n)
+    return np.stack([flair[np.maximum(k - 1, 0)], flair[np.minimum(k + 1, n - 1)]], axis=-1)

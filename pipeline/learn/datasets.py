@@ -20,6 +20,11 @@ the pre-contrast channel, the post-contrast channel or both (a third of those sl
 FLAIR: what the Kaggle LGG set stores for a patient without that sequence, and what the NIfTI
 reader assembles for a source without it (BraTS has no pre-contrast). A model trained so uses the
 other sequences where they are there and falls back on FLAIR where they are not.
+
+With the "adaptive" input mode (the sequences where stored, FLAIR of slices k-1, k, k+1 where one
+is missing) `modality_dropout=p` instead shows a share p of the training slices that have all
+three sequences in their FLAIR form, k-1, k, k+1 (`load_slices(..., neighbours=True)` keeps the
+neighbouring FLAIR planes for it): one model learns both forms triage may give it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.preprocess import PreprocessConfig, patient_inputs, resize_mask
+from pipeline.io.preprocess import (
+    PreprocessConfig,
+    flair_neighbours,
+    patient_inputs,
+    resize_mask,
+)
 from pipeline.io.slices import load_patient
 
 ROTATION_DEG = 10.0
@@ -91,7 +101,11 @@ class SliceArrays:
 
 
 def load_slices(
-    table: pd.DataFrame, patients: Sequence[str], config: PreprocessConfig, exact: bool = False
+    table: pd.DataFrame,
+    patients: Sequence[str],
+    config: PreprocessConfig,
+    exact: bool = False,
+    neighbours: bool = False,
 ) -> SliceArrays:
     """Load and resize every labelled slice of `patients` (one `load_patient` call each).
 
@@ -104,6 +118,8 @@ def load_slices(
         exact: keep the model inputs as float32, exactly as triage feeds them (validation and
             test); else round them to uint8 levels (training: 4x less memory, and augmentation
             moves the pixels far more than the rounding).
+        neighbours: "adaptive" input mode only: two more channels, FLAIR of slices k-1 and k+1
+            (`(N, S, S, 5)` images), for `make_dataset`'s `modality_dropout`.
 
     Returns:
         The slices, patient by patient in index order.
@@ -116,6 +132,12 @@ def load_slices(
             continue
         ps = load_patient(rows, config, as_uint8=True)  # the same inputs, less memory
         x = patient_inputs(ps.images, config)
+        if neighbours:
+            if config.input_mode != "adaptive":
+                raise ValueError(
+                    f"neighbours is for input_mode 'adaptive', not {config.input_mode!r}"
+                )
+            x = np.concatenate([x, flair_neighbours(x)], axis=-1)
         images.append(x.astype(np.float32) if exact else np.round(x * 255.0).astype(np.uint8))
         if ps.masks is None:
             m = np.zeros((len(x), size, size), dtype=bool)
@@ -126,7 +148,10 @@ def load_slices(
         keys += [patient] * len(x)
     if not images:
         empty = np.zeros((0, size, size), dtype=bool)
-        return SliceArrays(np.zeros((0, size, size, 3), np.uint8), empty, np.zeros(0, np.int32), [])
+        channels = 5 if neighbours else 3
+        return SliceArrays(
+            np.zeros((0, size, size, channels), np.uint8), empty, np.zeros(0, np.int32), []
+        )
     return SliceArrays(
         np.concatenate(images),
         np.concatenate(masks),
@@ -206,6 +231,17 @@ def _drop_modalities(x: Any, p: float, seed: int) -> Any:
     )
 
 
+def _flair_form(x: Any, p: float, seed: int) -> Any:
+    """Three channels of a `(B, S, S, 5)` "adaptive" batch (the triage input, then FLAIR of slices
+    k-1 and k+1): on a share `p` of the slices FLAIR of k-1, k, k+1, else the triage input."""
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+    alone = tf.reshape(tf.random.uniform([batch], seed=seed + 16) < p, [-1, 1, 1, 1])
+    flair_form = tf.stack([x[..., 3], x[..., 1], x[..., 4]], axis=-1)
+    return tf.where(alone, flair_form, x[..., :3])
+
+
 def _strong_intensity(image: Any, batch: Any, seed: int) -> Any:
     """Gamma, multiplicative brightness and in-head noise, each on a random share of slices."""
     import tensorflow as tf
@@ -252,7 +288,8 @@ def make_dataset(
             Below 1 the dataset repeats endlessly: pass `steps_per_epoch` to `fit`.
         augment: training augmentation, one of `AUGMENTS`.
         modality_dropout: training only: the share of slices whose pre-contrast and/or
-            post-contrast channel is replaced by FLAIR (see the module's docstring).
+            post-contrast channel is replaced by FLAIR, or with "adaptive" images (5 channels)
+            shown in their FLAIR form (see the module's docstring).
 
     Returns:
         Dataset of `(B, S, S, 3)` float32 in [0, 1] and the target; the decoded slices are cached.
@@ -288,7 +325,15 @@ def make_dataset(
         # Endless, so every epoch has the same number of batches (`steps_per_epoch` in `fit`).
         ds = ds.repeat()
     ds = ds.batch(batch)
-    if training and modality_dropout > 0:
+    channels = arrays.images.shape[-1]
+    if channels == 5:  # "adaptive" with the FLAIR neighbours (`load_slices(neighbours=True)`)
+        if not training:
+            raise ValueError("FLAIR neighbours (5 channels) are for training batches only")
+        ds = ds.map(
+            lambda x, y: (_flair_form(x, modality_dropout, seed), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    elif training and modality_dropout > 0:
         ds = ds.map(
             lambda x, y: (_drop_modalities(x, modality_dropout, seed), y),
             num_parallel_calls=tf.data.AUTOTUNE,

@@ -141,10 +141,10 @@ class TrainConfig:
         self.preprocess  # noqa: B018 - validates input_mode and normalize
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
-        if self.modality_dropout and self.input_mode != "rgb":
+        if self.modality_dropout and self.input_mode not in ("rgb", "adaptive"):
             raise ValueError(
                 "modality_dropout replaces the pre- or post-contrast channel by FLAIR: it needs "
-                f"input_mode 'rgb' (the three sequences), got {self.input_mode!r}"
+                f"input_mode 'rgb' or 'adaptive' (the three sequences), got {self.input_mode!r}"
             )
         rule.check_gate_context(self.gate_context)
         if self.gate_context and self.stage != "classifier":
@@ -427,8 +427,16 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
     with tracking.start_run(
         experiment, name, tags={"stage": kind}, parent_run_id=config.parent_run_id
     ) as run_id:
+        # "adaptive" with modality dropout: the training slices keep their FLAIR neighbours.
+        both_forms = pre.input_mode == "adaptive" and config.modality_dropout > 0
         train, val, test = (
-            load_slices(plan.table, plan.splits[s], pre, exact=s != "train")
+            load_slices(
+                plan.table,
+                plan.splits[s],
+                pre,
+                exact=s != "train",
+                neighbours=both_forms and s == "train",
+            )
             for s in ("train", "val", "test")
         )
         all_val, keep_empty, n_train = val, 1.0, float(len(train))
