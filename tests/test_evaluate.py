@@ -136,6 +136,12 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and fold["segmenter_reused"] == 1
         assert seg["recipe"]["resolved"]["epochs"] == 2  # every value training resolved
+        # The same value from the preset instead of an explicit option: the same model, reused.
+        mp.setitem(PRESETS["cpu"]["segmenter"], "epochs", 2)
+        at = changed.index("--segmenter-epochs")
+        assert main([*base, *changed[:at], *changed[at + 2 :]]) == 0
+        fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
+        assert fold["classifier_reused"] == 1 and fold["segmenter_reused"] == 1
         assert seg["recipe"]["resolved"]["empty_fraction"] == 0.3  # the preset's, recorded
         # A preset whose values changed since (a new version) retrains what it trained.
         mp.setitem(PRESETS["cpu"]["segmenter"], "empty_fraction", 0.25)

@@ -304,7 +304,9 @@ def stage_recipe(
 
     Two runs whose recipes are equal train the same model (up to run-to-run noise), so
     `--resume` may reuse the first one's; anything else (a new split, archive, option, or a
-    preset whose values changed since) retrains.
+    preset whose values changed since) retrains. `options` (what was given explicitly) is
+    recorded but not compared: an option given with the value a preset now holds trains the same
+    model as the preset alone (`_reusable`).
     """
     values = dataclasses.asdict(resolved)
     return {
@@ -335,7 +337,10 @@ def _reusable(fold_dir: Path, stage: str, recipe: Mapping[str, Any]) -> float | 
     if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), dict):
         return None
     _drop_new_defaults(written, saved["recipe"])
-    if saved["recipe"] != written:
+    # The values training resolved decide the model, not which of them were given explicitly.
+    if {k: v for k, v in saved["recipe"].items() if k != "options"} != {
+        k: v for k, v in written.items() if k != "options"
+    }:
         return None
     return float(saved.get("seconds", 0.0))
 
