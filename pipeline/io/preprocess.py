@@ -495,7 +495,8 @@ def compact_inputs(
     standin = None
     out = []
     for i in range(len(configs)):
-        small = np.clip(smalls.pop(i), 0.0, 1.0)
+        small = smalls.pop(i)
+        np.clip(small, 0.0, 1.0, out=small)
         if configs[i].input_mode == "adaptive" and len(small):
             if standin is None:
                 standin = stored_standins(x)
