@@ -521,10 +521,9 @@ def stored_standins(images: np.ndarray) -> np.ndarray:
 
 def standin_slices(planes: np.ndarray) -> np.ndarray:
     """`(N,)` bool: the slices of a compact "adaptive" array (`compact_inputs`, model size) whose
-    pre- or post-contrast plane equals the FLAIR plane: those the model reads from FLAIR alone."""
-    flair = planes[..., 1]
-    same_pre = np.all(planes[..., 0] == flair, axis=(1, 2))
-    return np.asarray(same_pre | np.all(planes[..., 2] == flair, axis=(1, 2)), dtype=bool)
+    pre- or post-contrast plane equals the FLAIR plane: those the model reads from FLAIR alone
+    (`stored_standins`' check, on the planes `compact_inputs` wrote the stand-ins into)."""
+    return stored_standins(planes)
 
 
 def expand_inputs(
@@ -550,10 +549,17 @@ def expand_inputs(
     out[..., 1] = flair[idx]
     if mode == "flair":
         out[..., 0] = out[..., 2] = out[..., 1]
-    else:  # slices k-1 and k+1, the first and last repeated at the volume's ends
-        out[..., 0] = flair[np.maximum(idx - 1, 0)]
-        out[..., 2] = flair[np.minimum(idx + 1, n - 1)]
+    else:
+        before, after = _neighbours(idx, n)
+        out[..., 0] = flair[before]
+        out[..., 2] = flair[after]
     return out
+
+
+def _neighbours(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices k-1 and k+1 of each slice k in `idx` of an `n`-slice volume, the first and last
+    repeated at the volume's ends."""
+    return np.maximum(idx - 1, 0), np.minimum(idx + 1, n - 1)
 
 
 def _adaptive_inputs(planes: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -566,10 +572,9 @@ def _adaptive_inputs(planes: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return out
     alone = standin_slices(out)
     if alone.any():
-        k = idx[alone]
-        n = len(planes)
-        out[alone, ..., 0] = planes[np.maximum(k - 1, 0), ..., 1]
-        out[alone, ..., 2] = planes[np.minimum(k + 1, n - 1), ..., 1]
+        before, after = _neighbours(idx[alone], len(planes))
+        out[alone, ..., 0] = planes[before, ..., 1]
+        out[alone, ..., 2] = planes[after, ..., 1]
     return out
 
 
@@ -578,6 +583,5 @@ def flair_neighbours(planes: np.ndarray) -> np.ndarray:
     array (the first and last repeated at the volume's ends): what "adaptive" training shows in
     place of the other sequences on a share of its slices."""
     flair = planes[..., 1]
-    n = len(planes)
-    k = np.arange(n)
-    return np.stack([flair[np.maximum(k - 1, 0)], flair[np.minimum(k + 1, n - 1)]], axis=-1)
+    before, after = _neighbours(np.arange(len(planes)), len(planes))
+    return np.stack([flair[before], flair[after]], axis=-1)

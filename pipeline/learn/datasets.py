@@ -124,6 +124,8 @@ def load_slices(
     Returns:
         The slices, patient by patient in index order.
     """
+    if neighbours and config.input_mode != "adaptive":
+        raise ValueError(f"neighbours is for input_mode 'adaptive', not {config.input_mode!r}")
     size = config.image_size
     images, masks, labels, keys = [], [], [], []
     for patient in patients:
@@ -133,10 +135,6 @@ def load_slices(
         ps = load_patient(rows, config, as_uint8=True)  # the same inputs, less memory
         x = patient_inputs(ps.images, config)
         if neighbours:
-            if config.input_mode != "adaptive":
-                raise ValueError(
-                    f"neighbours is for input_mode 'adaptive', not {config.input_mode!r}"
-                )
             x = np.concatenate([x, flair_neighbours(x)], axis=-1)
         images.append(x.astype(np.float32) if exact else np.round(x * 255.0).astype(np.uint8))
         if ps.masks is None:
