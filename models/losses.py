@@ -7,6 +7,10 @@ mask and prediction are both empty scores exactly 1 (and its loss is 0).
 
 * `dice_loss` = 1 - Dice (the ResUNet++ paper's loss);
 * `bce_dice_loss` = binary cross-entropy + Dice loss;
+* `bce_batch_dice_loss` = binary cross-entropy + 1 - the Dice of the whole batch taken as one
+  volume (nnU-Net's "batch Dice"): pixels are pooled over the batch's slices, so a slice counts by
+  its tumour's size, as in a patient's volume Dice, and a few false pixels on a tumour-free slice
+  cost little more than elsewhere (per-slice Dice scores such a slice near 0);
 * `tversky_loss` = 1 - Tversky index with alpha = 0.7 on false negatives, 0.3 on false positives,
   and `focal_tversky_loss` = (1 - Tversky) ** 0.75 (the public LGG notebooks' choice);
 * `bce_loss`: binary cross-entropy that accepts `(N, H, W)` masks.
@@ -42,6 +46,15 @@ def dice_coef(y_true: Any, y_pred: Any) -> Any:
     inter = ops.sum(t * p, axis=1)
     total = ops.sum(t, axis=1) + ops.sum(p, axis=1)
     return ops.mean((2.0 * inter + SMOOTH) / (total + SMOOTH))
+
+
+@register
+def batch_dice_coef(y_true: Any, y_pred: Any) -> Any:
+    """Soft Dice of the whole batch as one volume: `(2 sum T*P + 1) / (sum T + sum P + 1)`."""
+    t, p = _flat(y_true, y_pred)
+    inter = ops.sum(t * p)
+    total = ops.sum(t) + ops.sum(p)
+    return (2.0 * inter + SMOOTH) / (total + SMOOTH)
 
 
 @register
@@ -88,6 +101,12 @@ def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
 
 
 @register
+def bce_batch_dice_loss(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy + 1 - `batch_dice_coef`."""
+    return bce_loss(y_true, y_pred) + 1.0 - batch_dice_coef(y_true, y_pred)
+
+
+@register
 def tversky_loss(y_true: Any, y_pred: Any) -> Any:
     """1 - Tversky index, batch mean."""
     return ops.mean(1.0 - _tversky(y_true, y_pred))
@@ -102,6 +121,7 @@ def focal_tversky_loss(y_true: Any, y_pred: Any) -> Any:
 LOSSES: dict[str, Callable[[Any, Any], Any]] = {
     "dice": dice_loss,
     "bce_dice": bce_dice_loss,
+    "bce_batch_dice": bce_batch_dice_loss,
     "tversky": tversky_loss,
     "focal_tversky": focal_tversky_loss,
     "bce": bce_loss,

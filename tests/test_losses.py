@@ -79,6 +79,26 @@ def test_bce_dice_is_the_sum() -> None:
     assert value(L.bce_dice_loss, t, p) == pytest.approx(bce + value(L.dice_loss, t, p), rel=1e-5)
 
 
+def test_batch_dice_pools_the_batch_as_one_volume() -> None:
+    # Slice 0: a 4-pixel tumour found exactly; slice 1: tumour-free with one false pixel.
+    t = np.zeros((2, 4, 4), "float32")
+    t[0, :2, :2] = 1
+    p = t.copy()[..., None]
+    p[1, 3, 3, 0] = 1
+    # Per-slice Dice: (1 + 1 / 2) / 2; as one volume: (2*4 + 1) / (4 + 5 + 1).
+    assert value(L.dice_coef, t, p) == pytest.approx(0.75)
+    assert value(L.batch_dice_coef, t, p) == pytest.approx(0.9)
+    assert value(L.bce_batch_dice_loss, t, p) == pytest.approx(
+        value(L.bce_loss, t, p) + 0.1, rel=1e-5
+    )
+
+
+def test_cli_offers_every_segmentation_loss() -> None:
+    from pipeline.cli.main import SEGMENTER_LOSSES
+
+    assert sorted(SEGMENTER_LOSSES) == sorted(set(L.LOSSES) - {"bce"})
+
+
 def test_registered_and_looked_up_by_name() -> None:
     for name, fn in L.LOSSES.items():
         assert L.get_loss(name) is fn

@@ -28,6 +28,9 @@ OFFLINE_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "1",
 }
 
+#: `--loss` choices of a segmenter (models.losses.LOSSES, named here so `--help` needs no Keras).
+SEGMENTER_LOSSES = ["dice", "bce_dice", "bce_batch_dice", "tversky", "focal_tversky"]
+
 EXIT_CODES = (
     "exit codes: 0 done; 1 finished, but some patients failed (see summary.csv); "
     "2 cannot run (bad arguments, missing archive or model, unusable --out)"
@@ -282,7 +285,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             t.add_argument("--arch", choices=["resunet", "resunet_pp"], default="resunet")
             t.add_argument(
                 "--loss",
-                choices=["dice", "bce_dice", "tversky", "focal_tversky"],
+                choices=SEGMENTER_LOSSES,
                 default=None,
                 help="segmentation loss (default: the preset's, else bce_dice)",
             )
@@ -453,6 +456,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="P",
         help="the folds' segmenters: see `train segmenter --modality-dropout` (needs "
         "--segmenter-input-mode rgb or adaptive)",
+    )
+    p.add_argument(
+        "--segmenter-loss",
+        choices=SEGMENTER_LOSSES,
+        help="the folds' segmenters' loss (see `train segmenter --loss`; default: the preset's)",
     )
     p.add_argument(
         "--segmenter-seed",

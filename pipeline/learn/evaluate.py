@@ -617,6 +617,7 @@ def cli_evaluate(args: Any) -> int:
             input_mode=getattr(args, "segmenter_input_mode", None),
             modality_dropout=getattr(args, "segmenter_modality_dropout", None),
             seed=getattr(args, "segmenter_seed", None),
+            loss=getattr(args, "segmenter_loss", None),
         ),
         triage_options={
             k: v
