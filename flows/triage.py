@@ -197,7 +197,7 @@ def _flow_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "xla": getattr(args, "xla", d.xla),
         "postprocess": {
             k: getattr(args, k)
-            for k in ("lone_slice_area", "min_volume", "tta", "gate_context")
+            for k in ("lone_slice_area", "min_volume", "fill_holes", "tta", "gate_context")
             if getattr(args, k, None) is not None
         },
     }

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.triage.postprocess import (
+    fill_holes,
     postprocess,
     remove_small_components,
     threshold_probabilities,
@@ -61,3 +62,42 @@ def test_output_is_subset_of_thresholded(prob: np.ndarray, min_component: int) -
     # Idempotent: post-processing a post-processed mask changes nothing.
     again = remove_small_components(out, min_component)
     assert np.array_equal(again, out)
+
+
+def test_fill_holes_closes_a_ring_and_leaves_open_shapes() -> None:
+    m = np.zeros((3, 16, 16), dtype=bool)
+    m[0, 2:10, 2:10] = True
+    m[0, 4:8, 4:8] = False  # a bright rim around a dark core: the core is tumour too
+    m[1, 3:12, 3:6] = True  # a C shape: its inside reaches the outside, nothing to fill
+    m[1, 3:6, 3:12] = True
+    m[1, 9:12, 3:12] = True
+    m[2, 0:5, 0:5] = True
+    m[2, 0:3, 0:3] = False  # a notch open to the slice's border is background, not a hole
+    out = fill_holes(m)
+    assert out[0, 2:10, 2:10].all() and out[0].sum() == 64
+    assert (out[1] == m[1]).all()
+    assert (out[2] == m[2]).all()
+    assert (out >= m).all()  # never removes
+    assert not fill_holes(np.zeros((2, 8, 8), bool)).any()
+    with pytest.raises(ValueError, match="expected"):
+        fill_holes(np.zeros((8, 8), bool))
+
+
+def test_triage_fills_holes_only_when_asked() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.triage.inference import PatientWork, _postprocess
+    from pipeline.triage.settings import TriageSettings
+
+    prob = np.zeros((2, 64, 64), dtype=bool)
+    prob[0, 10:50, 10:50] = True
+    prob[0, 20:40, 20:40] = False  # a 400-px hole inside a 1600-px square
+    ps = SimpleNamespace(slices=[0, 1, 2], native_hw=(64, 64))
+    flagged = np.array([True, False, True])
+    work = PatientWork(ps=ps, x=None, flagged=flagged, prob=prob)
+    off = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0))
+    on = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0, fill_holes=True))
+    assert off[0].sum() == 1600 - 400 and on[0].sum() == 1600
+    assert not on[1].any() and not on[2].any()
+    assert "fill_holes" not in TriageSettings().key_part()  # earlier runs' keys stay valid
+    assert TriageSettings(fill_holes=True).key_part()["fill_holes"] is True

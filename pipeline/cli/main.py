@@ -482,6 +482,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="3-D post-processing: drop components below N voxels "
         f"(default {TriageSettings.min_volume})",
     )
+    _add_fill_holes(p)
     p.add_argument(
         "--no-tta", action="store_true", help="no mirror averaging of the segmenter (default: on)"
     )
@@ -559,6 +560,18 @@ def _add_triage(sub: argparse._SubParsersAction) -> None:
     _handler(s, "flows.triage:cli_serve")
 
 
+def _add_fill_holes(p: argparse.ArgumentParser) -> None:
+    from pipeline.triage.settings import TriageSettings
+
+    p.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill the holes inside each slice's mask before the 3-D clean-up (default "
+        f"{'on' if TriageSettings.fill_holes else 'off'})",
+    )
+
+
 def _add_triage_options(p: argparse.ArgumentParser) -> None:
     """The run's options; defaults are `pipeline.triage.settings.RunOptions`' (and
     `TriageSettings`')."""
@@ -586,6 +599,7 @@ def _add_triage_options(p: argparse.ArgumentParser) -> None:
         help="drop 3-D mask components below this many voxels (same scaling; default "
         f"{TriageSettings.min_volume})",
     )
+    _add_fill_holes(p)
     p.add_argument(
         "--no-tta",
         dest="tta",

@@ -624,6 +624,7 @@ def cli_evaluate(args: Any) -> int:
             for k, v in (
                 ("lone_slice_area", args.lone_slice_area),
                 ("min_volume", args.min_volume),
+                ("fill_holes", getattr(args, "fill_holes", None)),
                 ("tta", False if args.no_tta else None),
                 ("gate_context", context),
             )

@@ -28,7 +28,7 @@ from pipeline.io.safety import clean_reason, output_name
 from pipeline.triage import report, viewer
 from pipeline.triage.calibration import gate_p_normal, model_temperature
 from pipeline.triage.metrics import slice_counts
-from pipeline.triage.postprocess import remove_isolated_3d, remove_small_components
+from pipeline.triage.postprocess import fill_holes, remove_isolated_3d, remove_small_components
 from pipeline.triage.postprocess import threshold_probabilities as binarise
 from pipeline.triage.predictor import BatchPredictor
 from pipeline.triage.records import CHANGED, DONE, FAILED, NEW, SKIPPED, PatientResult, TruthMetrics
@@ -335,7 +335,8 @@ def _postprocess(work: PatientWork, settings: TriageSettings) -> np.ndarray:
     if work.prob is None or work.flagged is None:
         return pred
     masks = restore_masks(work.prob, (h, w))
-    pred[work.flagged] = remove_small_components(masks, settings.min_component)
+    masks = remove_small_components(masks, settings.min_component)
+    pred[work.flagged] = fill_holes(masks) if settings.fill_holes else masks
     scale = h * w / REFERENCE_PIXELS
     return remove_isolated_3d(
         pred, round(settings.lone_slice_area * scale), round(settings.min_volume * scale)

@@ -1,6 +1,8 @@
 """Post-processing of segmenter output: threshold, then drop components too small to trust.
 
 Pure array functions. Components are first found per slice (2-D, 8-connected). Then
+`fill_holes` closes holes inside each slice's components (an expert's outline of a tumour
+has none: the darker, cystic part inside a bright FLAIR rim is tumour too). Then
 `remove_isolated_3d` looks across adjacent slices (3-D, 26-connected): a tumour spans several
 slices, so a small blob seen on one slice alone is most often a false positive, and a 3-D component
 below a size is noise.
@@ -65,6 +67,27 @@ def remove_small_components(masks: np.ndarray, min_size: int) -> np.ndarray:
         small[0] = False  # background
         if small.any():
             out[k][small[labels]] = False
+    return out
+
+
+def fill_holes(masks: np.ndarray) -> np.ndarray:
+    """Fill the holes of each slice's mask (background not connected to the slice's border).
+
+    Args:
+        masks: `(N, H, W)` bool.
+
+    Returns:
+        `(N, H, W)` bool, a superset of `masks`.
+    """
+    from scipy import ndimage
+
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {masks.shape}")
+    out = masks.copy()
+    for k in np.flatnonzero(out.any(axis=(1, 2))):
+        box = bounding_box(out[k])  # a hole lies inside its component's box
+        out[k][box] = ndimage.binary_fill_holes(out[k][box])
     return out
 
 

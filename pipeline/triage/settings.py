@@ -49,6 +49,8 @@ class TriageSettings:
         lone_slice_area: a 3-D mask component on one slice only is dropped below this area, in
             pixels of a 256x256 slice (scaled with the native slice's pixel count); 0 keeps it.
         min_volume: a 3-D mask component below this many voxels (same scaling) is dropped.
+        fill_holes: fill the holes inside each slice's mask before the 3-D clean-up
+            (`pipeline.triage.postprocess.fill_holes`).
         tta: average the segmenter over the slice and its left-right mirror (on by default:
             +0.02 per-patient Dice on held-out LGG patients; twice the
             segmenter's work).
@@ -73,6 +75,7 @@ class TriageSettings:
     montage_max: int = 48
     lone_slice_area: int = DEFAULT_LONE_SLICE_AREA
     min_volume: int = DEFAULT_MIN_VOLUME
+    fill_holes: bool = False
     tta: bool = True
     runtime: str = "auto"
     ov_precision: str = "auto"
@@ -120,6 +123,8 @@ class TriageSettings:
             "min_volume": self.min_volume,
             "tta": self.tta,
         }
+        if self.fill_holes:  # named only when on: keys written before it existed stay valid
+            key["fill_holes"] = True
         if self.gate_context is not None:
             key["gate_context"] = self.gate_context
         return key
@@ -140,8 +145,8 @@ class RunOptions:
         log_outputs: also upload the patient-keyed reports and masks to that run.
         series_pattern: DICOM FLAIR series rule (`build_index`).
         key_map: DICOM: also write the pseudonym map into the output folder.
-        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`, `tta`,
-            `gate_context`).
+        postprocess: further `TriageSettings` fields (`lone_slice_area`, `min_volume`,
+            `fill_holes`, `tta`, `gate_context`).
         log_patient_ids: name patients by their keys in the run's log lines and Prefect task run
             names (opt-in: patient keys are identifiers); otherwise they are named by their
             position in the run (`patient 3/10`).
