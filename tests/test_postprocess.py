@@ -83,7 +83,7 @@ def test_fill_holes_closes_a_ring_and_leaves_open_shapes() -> None:
         fill_holes(np.zeros((8, 8), bool))
 
 
-def test_triage_fills_holes_only_when_asked() -> None:
+def test_triage_fills_holes_unless_told_not_to() -> None:
     from types import SimpleNamespace
 
     from pipeline.triage.inference import PatientWork, _postprocess
@@ -95,9 +95,10 @@ def test_triage_fills_holes_only_when_asked() -> None:
     ps = SimpleNamespace(slices=[0, 1, 2], native_hw=(64, 64))
     flagged = np.array([True, False, True])
     work = PatientWork(ps=ps, x=None, flagged=flagged, prob=prob)
-    off = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0))
-    on = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0, fill_holes=True))
+    off = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0, fill_holes=False))
+    on = _postprocess(work, TriageSettings(lone_slice_area=0, min_volume=0))
     assert off[0].sum() == 1600 - 400 and on[0].sum() == 1600
     assert not on[1].any() and not on[2].any()
-    assert "fill_holes" not in TriageSettings().key_part()  # earlier runs' keys stay valid
-    assert TriageSettings(fill_holes=True).key_part()["fill_holes"] is True
+    # Outputs written before the option existed had no filling: their keys stay those of "off".
+    assert "fill_holes" not in TriageSettings(fill_holes=False).key_part()
+    assert TriageSettings().key_part()["fill_holes"] is True
