@@ -219,7 +219,6 @@ def test_adaptive_reads_flair_alone_where_a_sequence_stands_in(
         compact_inputs,
         expand_inputs,
         model_inputs,
-        standin_slices,
         stored_standins,
     )
 
@@ -240,7 +239,7 @@ def test_adaptive_reads_flair_alone_where_a_sequence_stands_in(
     np.testing.assert_array_equal(got[~alone], want_rgb[~alone])
     np.testing.assert_array_equal(got[alone], want_flair[alone])
     planes = compact_inputs(images, (adaptive,))[0]
-    np.testing.assert_array_equal(standin_slices(planes), alone)
+    np.testing.assert_array_equal(stored_standins(planes), alone)
     for index in ([0], [2], [5, 6], [1, 4, 5], []):
         np.testing.assert_array_equal(expand_inputs(planes, "adaptive", index), got[index])
     # A patient without post-contrast at all (FLAIR in its place on every slice): FLAIR alone.

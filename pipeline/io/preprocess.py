@@ -23,7 +23,7 @@ CHANNEL_ORDER = ("t1", "flair", "t1ce")
 #: "flair" (FLAIR x3: needs FLAIR alone), "flair25d" (FLAIR of slices k-1, k, k+1: FLAIR alone
 #: plus the neighbouring slices as context) or "adaptive" (per slice: T1, FLAIR, T1ce where all
 #: three sequences are stored, FLAIR of slices k-1, k, k+1 where FLAIR stands in for a missing one,
-#: as the Kaggle archive stores it and the readers assemble it; see `standin_slices`).
+#: as the Kaggle archive stores it and the readers assemble it; see `stored_standins`).
 INPUT_MODES = ("rgb", "flair", "flair25d", "adaptive")
 #: Intensity normalisation before the model: "none" (TIF / 255, NIfTI per-volume percentiles, as
 #: loaded) or "volume" (every channel re-scaled to percentiles of the patient's own foreground, so
@@ -501,7 +501,7 @@ def compact_inputs(
             if standin is None:
                 standin = stored_standins(x)
             # A stand-in sequence becomes exactly the FLAIR plane, whatever its own levels were,
-            # so `expand_inputs` sees it (`standin_slices`) in the compact array alone.
+            # so `expand_inputs` sees it (`stored_standins`) in the compact array alone.
             small[standin, ..., 0] = small[standin, ..., 1]
             small[standin, ..., 2] = small[standin, ..., 1]
         out.append(small)
@@ -511,19 +511,13 @@ def compact_inputs(
 def stored_standins(images: np.ndarray) -> np.ndarray:
     """`(N,)` bool: the slices of `(N, H, W, 3)` (T1, FLAIR, T1ce) pixels whose T1 or T1ce is a
     copy of their FLAIR, as the Kaggle LGG archive stores a missing sequence and the NIfTI and
-    DICOM readers fill one a source lacks (an all-black slice counts too)."""
+    DICOM readers fill one a source lacks (an all-black slice counts too). The same check finds
+    them in a compact "adaptive" array, where `compact_inputs` wrote FLAIR into the stand-ins."""
     x = np.asarray(images)
     flair = x[..., 1]
     same_pre = np.all(x[..., 0] == flair, axis=(1, 2))
     same_post = np.all(x[..., 2] == flair, axis=(1, 2))
     return np.asarray(same_pre | same_post, dtype=bool)
-
-
-def standin_slices(planes: np.ndarray) -> np.ndarray:
-    """`(N,)` bool: the slices of a compact "adaptive" array (`compact_inputs`, model size) whose
-    pre- or post-contrast plane equals the FLAIR plane: those the model reads from FLAIR alone
-    (`stored_standins`' check, on the planes `compact_inputs` wrote the stand-ins into)."""
-    return stored_standins(planes)
 
 
 def expand_inputs(
@@ -564,13 +558,13 @@ def _neighbours(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _adaptive_inputs(planes: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """ "adaptive" inputs of slices `idx` from a compact `(N, S, S, 3)` array: the three sequences
-    where they are stored, FLAIR of slices k-1, k, k+1 where a stand-in is (`standin_slices`)."""
+    where they are stored, FLAIR of slices k-1, k, k+1 where a stand-in is (`stored_standins`)."""
     if planes.ndim != 4 or planes.shape[-1] != 3:
         raise ValueError(f"'adaptive' needs (N, S, S, 3) planes, got {planes.shape}")
     out = planes[idx]  # a copy (fancy indexing)
     if not len(idx):
         return out
-    alone = standin_slices(out)
+    alone = stored_standins(out)
     if alone.any():
         before, after = _neighbours(idx[alone], len(planes))
         out[alone, ..., 0] = planes[before, ..., 1]
