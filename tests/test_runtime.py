@@ -289,6 +289,35 @@ def test_runtime_switch_same_routing_and_masks(
 
 
 @pytest.mark.slow
+def test_evaluate_scores_given_models_on_the_chosen_runtime(
+    tiny: dict[str, str], slices: SliceSets, archive: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    from pipeline.cli.main import main
+
+    for uri in tiny.values():
+        export_model(uri, slices, ("f32",), batch=16)
+    folds = {}
+    for rt in ("tf", "openvino", "auto"):
+        out = tmp_path / rt
+        args = ["evaluate", str(archive), "--no-train", "--classifier", tiny["clf"]]
+        args += ["--segmenter", tiny["seg"], "--threshold", "0.99", "--n-boot", "20"]
+        assert main([*args, "--runtime", rt, "--ov-precision", "f32", "--out", str(out)]) == 0
+        folds[rt] = json.loads((out / "evaluation.json").read_text())["folds"][0]
+    assert folds["tf"]["runtime_classifier"] == folds["tf"]["runtime_segmenter"] == "tf-float32"
+    for rt in ("openvino", "auto"):  # auto: the verified exports, as `triage` would use them
+        assert folds[rt]["runtime_classifier"] == folds[rt]["runtime_segmenter"] == "openvino-f32"
+        for key in ("gate_sensitivity_slice", "segmenter_calls_saved", "tumour_patients_found"):
+            assert folds[rt][key] == pytest.approx(folds["tf"][key])
+        assert folds[rt]["dice_all_mean"] == pytest.approx(folds["tf"]["dice_all_mean"], abs=0.01)
+    from pipeline import tracking
+    from pipeline.learn.evaluate import EXPERIMENT
+
+    runs = tracking.search_runs([EXPERIMENT], status=None)
+    tags = runs[runs["tags.mlflow.parentRunId"].notna()]["tags.runtime_segmenter"]
+    assert sorted(tags) == ["openvino-f32", "openvino-f32", "tf-float32"]
+
+
+@pytest.mark.slow
 def test_openvino_triage_never_imports_tensorflow(
     tiny: dict[str, str], slices: SliceSets, archive: Path, cache: Path, tmp_path: Path
 ) -> None:

@@ -486,6 +486,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-tta", action="store_true", help="no mirror averaging of the segmenter (default: on)"
     )
+    from pipeline.triage.settings import RunOptions
+
+    _add_runtime_options(p, RunOptions())
     p.add_argument(
         "--gate-context",
         type=int,

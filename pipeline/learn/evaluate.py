@@ -184,12 +184,20 @@ def triage_held_out(
 
     A patient whose triage fails counts with Dice 0 and its tumour not found (never dropped).
     """
-    from pipeline.triage.inference import TriageSettings, load_triage_models, triage_patient
+    from pipeline.triage.inference import TriageSettings, triage_patient
     from pipeline.triage.rule import resolve_gate_context, resolve_threshold
+    from pipeline.triage.runtime import load_triage_runtime
 
-    models = load_triage_models(classifier, segmenter, 16, "float32")
+    opts = dict(options or {})
+    runtime = opts.get("runtime", TriageSettings.runtime)
+    ov_precision = opts.get("ov_precision", TriageSettings.ov_precision)
+    # The runtime `triage` would use: OpenVINO only for a model with a verified export (parity
+    # judged at this run's threshold), TensorFlow for the rest, each model's choice recorded.
+    models = load_triage_runtime(
+        classifier, segmenter, 16, "float32", runtime, ov_precision, threshold
+    )
     thr, source = resolve_threshold(threshold, models.classifier.info)
-    settings = TriageSettings(threshold=thr, **dict(options or {}))
+    settings = TriageSettings(threshold=thr, **opts)
     reach = resolve_gate_context(settings.gate_context, models.classifier.info)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     evals, failed, started = [], 0, time.perf_counter()
@@ -225,6 +233,7 @@ def triage_held_out(
         "failed_patients": failed,
         "triage_seconds": time.perf_counter() - started,
         "temperature": model_temperature(models.classifier.info),
+        "runtimes": dict(models.runtimes),
     }
     return evals, info
 
@@ -513,6 +522,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
                     fold,
                     config.triage_options,
                 )
+                runtimes = info.pop("runtimes")
                 extra.update({k: v for k, v in info.items() if k != "threshold_source"})
                 m = cascade_metrics(evals, config.n_boot, config.seed)
                 tracking.log_metrics(fold_run, {**m, **extra})
@@ -520,7 +530,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
                 curve.to_csv(fold_dir / "gate_curve.csv", index=False)
                 tracking.log_table(fold_run, curve, "gate_curve")
                 tracking.set_tags(fold_run, {"threshold_source": info["threshold_source"]})
-                rows.append(_fold_row(fold, m, extra))
+                named = {f"runtime_{k}": v for k, v in runtimes.items()}
+                tracking.set_tags(fold_run, named)
+                rows.append({**_fold_row(fold, m, extra), **named})
                 every.extend(evals)
         overall = cascade_metrics(every, config.n_boot, config.seed)
         tracking.log_metrics(parent, overall)
@@ -627,6 +639,8 @@ def cli_evaluate(args: Any) -> int:
                 ("fill_holes", getattr(args, "fill_holes", None)),
                 ("tta", False if args.no_tta else None),
                 ("gate_context", context),
+                ("runtime", getattr(args, "runtime", None)),
+                ("ov_precision", getattr(args, "ov_precision", None)),
             )
             if v is not None
         },
@@ -641,6 +655,9 @@ def cli_evaluate(args: Any) -> int:
         print(f"mri-triage evaluate: {err}", file=sys.stderr)
         return 2
     print(format_table(result))
+    for row in result["folds"]:  # what each fold's models ran on (`--runtime`)
+        on = ", ".join(f"{k[8:]} on {v}" for k, v in row.items() if k.startswith("runtime_"))
+        print(f"fold {row['fold']}: {on}")
     print(f"per-patient rows: {result['patients_csv']}\nMLflow run: {result['run_id']}")
     print(
         "held-out gate trade-off per threshold (reading only: the run's threshold was chosen on "
