@@ -657,7 +657,7 @@ def cli_evaluate(args: Any) -> int:
     print(format_table(result))
     for row in result["folds"]:  # what each fold's models ran on (`--runtime`)
         on = ", ".join(f"{k[8:]} on {v}" for k, v in row.items() if k.startswith("runtime_"))
-        print(f"fold {row['fold']}: {on}")
+        print(f"{'given models' if row['fold'] == -1 else 'fold ' + str(row['fold'])}: {on}")
     print(f"per-patient rows: {result['patients_csv']}\nMLflow run: {result['run_id']}")
     print(
         "held-out gate trade-off per threshold (reading only: the run's threshold was chosen on "
