@@ -182,6 +182,37 @@ def test_all_precisions_have_parity_and_int8_keeps_calibration(
     if "int8" in native:
         cal = np.load(Path(by["int8"]["folder"]) / "calibration.npz")["x"]
         assert cal.shape == slices.calibration.shape and cal.dtype == np.uint8
+    for p in native:  # each export's speed on this CPU, measured once and kept beside it
+        assert by[p]["ms_per_slice"] > 0
+        assert runtime.read_speed(Path(by[p]["folder"])) == pytest.approx(by[p]["ms_per_slice"])
+    again = {r["precision"]: r for r in export_model(tiny["seg"], slices, batch=8)}
+    assert again["f32"]["status"] == "cached"
+    assert again["f32"]["ms_per_slice"] == by["f32"]["ms_per_slice"]  # not measured again
+
+
+def test_auto_picks_the_fastest_export_measured_on_this_cpu(
+    tiny: dict[str, str], slices: SliceSets
+) -> None:
+    rows = export_model(tiny["seg"], slices, batch=8)
+    ok = [r for r in rows if r["status"] == "exported" and not r["refused"]]
+    if len(ok) < 2:
+        pytest.skip("fewer than two precisions pass parity on this CPU")
+    folders = {r["precision"]: Path(r["folder"]) for r in ok}
+    first = next(p for p in ("int8", "bf16", "f32") if p in folders)  # the order without speeds
+    for fast in folders:  # whichever was measured fastest here is chosen
+        for p, folder in folders.items():
+            runtime.write_speed(folder, 0.5 if p == fast else 2.0, 8)
+        assert runtime.choose_export(tiny["seg"], "auto").precision == fast
+        assert runtime.choose_export(tiny["seg"], first).precision == first  # asked for: kept
+    slow = next(p for p in folders if p != first)
+    runtime.write_speed(folders[slow], 0.1, 8)
+    other = folders[first] / runtime.SPEED_RECORD  # measured on another CPU only: not used
+    other.write_text(json.dumps({"Another CPU | FP32 | 64 cores": {"ms_per_slice": 0.01}}))
+    assert runtime.read_speed(folders[first]) is None
+    assert runtime.choose_export(tiny["seg"], "auto").precision == first
+    other.write_text("{not json")  # a damaged record counts as unmeasured
+    assert runtime.read_speed(folders[first]) is None
+    assert runtime.choose_export(tiny["seg"], "auto").precision == first
 
 
 def test_broken_conversion_is_refused_and_tf_used(tiny: dict[str, str], slices: SliceSets) -> None:

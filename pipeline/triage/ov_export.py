@@ -32,10 +32,13 @@ from pipeline.triage.runtime import (
     ParityRecord,
     compile_ir,
     export_dir,
+    measure_speed,
     model_digest,
     model_temperature,
     read_export,
+    read_speed,
     supported_precisions,
+    write_speed,
 )
 from pipeline.triage.settings import OV_PRECISIONS, TriageSettings
 
@@ -219,7 +222,7 @@ def export_model(
         else:
             todo.append(p)
     if not todo:
-        return rows
+        return _timed(rows, slices.parity, batch, force)
     ref = lm.model.predict(slices.parity, batch_size=batch, verbose=0).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         base = converter(lm.model, Path(tmp))
@@ -260,7 +263,25 @@ def export_model(
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(work), str(folder))  # the record is in place only when complete
             rows.append(_row(p, "exported", folder, record, threshold, time.perf_counter() - start))
-    return sorted(rows, key=lambda r: OV_PRECISIONS.index(r["precision"]))
+    rows = sorted(rows, key=lambda r: OV_PRECISIONS.index(r["precision"]))
+    return _timed(rows, slices.parity, batch, force)
+
+
+def _timed(
+    rows: list[dict[str, Any]], x: np.ndarray, batch: int, force: bool
+) -> list[dict[str, Any]]:
+    """Add each usable export's speed on this CPU (`ms_per_slice`), measured once per CPU and
+    export (again with `force` or after a new export) and kept beside it for `choose_export`."""
+    for row in rows:
+        if row["status"] not in ("exported", "cached"):
+            continue
+        folder = Path(row["folder"])
+        ms = None if force or row["status"] == "exported" else read_speed(folder)
+        if ms is None:
+            ms = measure_speed(folder / "model.xml", row["precision"], x, batch)
+            write_speed(folder, ms, batch)
+        row["ms_per_slice"] = round(ms, 4)
+    return rows
 
 
 def _ov_version() -> str:
@@ -326,15 +347,18 @@ def sample_slices(
 
 def format_rows(model: str, rows: list[dict[str, Any]]) -> str:
     """Markdown table of `export_model` rows."""
-    head = "| model | precision | status | max abs dP | gate flips | mask Dice | parity |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| model | precision | status | max abs dP | gate flips | mask Dice | parity | ms a slice |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         verdict = f"refused: {r['refused']}" if r["refused"] else "passed"
         if r["status"] == "unsupported":
             verdict = "n/a"
         lines.append(
             f"| {model} | {r['precision']} | {r['status']} | {r.get('max_abs_diff', '')} | "
-            f"{r.get('gate_flips', '')} | {r.get('dice', '')} | {verdict} |"
+            f"{r.get('gate_flips', '')} | {r.get('dice', '')} | {verdict} | "
+            f"{r.get('ms_per_slice', '')} |"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,9 @@ EXPORT_RECORD = "export.json"
 #: serves an older copy (the same outputs, only slower) until then.
 EXPORT_FORMAT = 2
 CACHE_ENV = "MRI_TRIAGE_CACHE"
+#: Per-CPU speed of one export (`measure_speed`), beside its record: written by `mri-triage
+#: export`, read by `choose_export` to pick the fastest verified precision on this CPU.
+SPEED_RECORD = "speed.json"
 
 
 # ---------------------------------------------------------------- parity --------------------------
@@ -256,6 +259,56 @@ def supported_precisions() -> tuple[str, ...]:
     return tuple(p for p in OV_PRECISIONS if p == "f32" or p.upper() in caps)
 
 
+def cpu_signature() -> str:
+    """What an export's speed depends on: the CPU's name, OpenVINO's view of its capabilities
+    and the cores this process may use (a speed measured on another machine is not reused)."""
+    name = str(_ov_core().get_property("CPU", "FULL_DEVICE_NAME"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name} | {' '.join(sorted(ov_capabilities()))} | {cores} cores"
+
+
+def read_speed(folder: Path) -> float | None:
+    """Milliseconds a slice of the export in `folder` took on this CPU (None: not measured here,
+    or an unreadable record)."""
+    try:
+        entry = json.loads((folder / SPEED_RECORD).read_text(encoding="utf-8"))[cpu_signature()]
+        ms = float(entry["ms_per_slice"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return ms if np.isfinite(ms) and ms > 0 else None
+
+
+def measure_speed(xml: Path, precision: str, x: np.ndarray, batch: int, rounds: int = 3) -> float:
+    """Milliseconds a slice for the IR at `xml` compiled as triage compiles it (fixed `batch`),
+    best of `rounds` passes over up to 4 batches of `x` after a warm-up batch."""
+    pred = OvPredictor(compile_ir(xml, precision, batch), batch)
+    x = x[: batch * 4]
+    pred(x[:batch])  # first call: allocations, kernel choice
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        pred(x)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(x)
+
+
+def write_speed(folder: Path, ms_per_slice: float, batch: int) -> None:
+    """Record this CPU's speed of the export in `folder` (other CPUs' entries are kept)."""
+    from pipeline.io.manifest import atomic_write_text
+
+    path = folder / SPEED_RECORD
+    try:
+        table = dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        table = {}
+    table[cpu_signature()] = {
+        "ms_per_slice": round(float(ms_per_slice), 4),
+        "batch": int(batch),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(path, json.dumps(table, indent=1))
+
+
 def compile_config(precision: str) -> dict[str, Any]:
     """CPU plugin settings: explicit inference precision (OpenVINO silently picks bf16 on CPUs
     that have it), no thread pinning (it hurts on a shared machine), one stream."""
@@ -381,6 +434,9 @@ def choose_export(
 ) -> OvChoice:
     """Find the fastest export of `uri` at `precision` whose parity passes (no TF, no compile).
 
+    With `precision="auto"`, of the exports whose parity passes the one `mri-triage export`
+    measured fastest on this CPU (`read_speed`); where one of them has no measurement here, the
+    first of int8, bf16, f32 (on some CPUs bf16 beats int8: the speed is measured, not assumed).
     A classifier's gate flips are judged at `threshold`; None = its logged operating point
     (`pipeline.triage.rule.resolve_threshold`, as the triage run itself resolves it).
 
@@ -394,6 +450,7 @@ def choose_export(
     wanted = [precision] if precision != "auto" else list(reversed(OV_PRECISIONS))
     native = supported_precisions()
     reasons = []
+    passed: list[tuple[OvChoice, Path]] = []
     for p in wanted:
         if p not in native:
             reasons.append(f"{p}: not supported by this CPU ({', '.join(ov_capabilities())})")
@@ -415,7 +472,14 @@ def choose_export(
             reasons.append(f"{p}: refused, {refused}")
             continue
         card = card_from_record(record)
-        return OvChoice(card, folder / "model.xml", p, parity.summary(at, temp), None)
+        passed.append(
+            (OvChoice(card, folder / "model.xml", p, parity.summary(at, temp), None), folder)
+        )
+    if passed:
+        speeds = [read_speed(folder) for _, folder in passed] if len(passed) > 1 else [None]
+        if all(ms is not None for ms in speeds):
+            return passed[int(np.argmin(np.asarray(speeds, dtype=float)))][0]
+        return passed[0][0]
     why = "; ".join(reasons)
     hint = "" if "refused" in why else " (run `mri-triage export` with a training archive)"
     return OvChoice(None, None, precision, None, f"{version}: {why}{hint}")
