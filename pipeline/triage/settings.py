@@ -29,7 +29,8 @@ DEFAULT_SEGMENTER = "models:/mri-triage-segmenter@champion"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 #: Inference runtimes (`pipeline.triage.runtime.load_triage_runtime`).
 RUNTIMES = ("tf", "openvino", "auto")
-#: OpenVINO precisions, fastest last; "auto" picks the fastest verified one.
+#: OpenVINO precisions, usually fastest last; "auto" picks the verified one measured fastest on this
+#: CPU (`pipeline.triage.runtime.choose_export`).
 OV_PRECISIONS = ("f32", "bf16", "int8")
 OV_PRECISION_CHOICES = (*OV_PRECISIONS, "auto")
 #: Patients processed at once by a run (the flow's threads or local Dask workers).
