@@ -262,7 +262,10 @@ def supported_precisions() -> tuple[str, ...]:
 def cpu_signature() -> str:
     """What an export's speed depends on: the CPU's name, OpenVINO's view of its capabilities
     and the cores this process may use (a speed measured on another machine is not reused)."""
-    name = str(_ov_core().get_property("CPU", "FULL_DEVICE_NAME"))
+    try:
+        name = str(_ov_core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except RuntimeError:  # a plugin that does not report it: the capabilities still tell
+        name = "CPU"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{name} | {' '.join(sorted(ov_capabilities()))} | {cores} cores"
 
