@@ -14,6 +14,7 @@ preprocessing and logged info come from the export's own record, written from th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -259,9 +260,11 @@ def supported_precisions() -> tuple[str, ...]:
     return tuple(p for p in OV_PRECISIONS if p == "f32" or p.upper() in caps)
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_signature() -> str:
     """What an export's speed depends on: the CPU's name, OpenVINO's view of its capabilities
-    and the cores this process may use (a speed measured on another machine is not reused)."""
+    and the cores this process may use (a speed measured on another machine is not reused).
+    Asked of OpenVINO once per process: `choose_export` reads it for every candidate."""
     try:
         name = str(_ov_core().get_property("CPU", "FULL_DEVICE_NAME"))
     except RuntimeError:  # a plugin that does not report it: the capabilities still tell
@@ -478,10 +481,11 @@ def choose_export(
         passed.append(
             (OvChoice(card, folder / "model.xml", p, parity.summary(at, temp), None), folder)
         )
-    if passed:
-        speeds = [read_speed(folder) for _, folder in passed] if len(passed) > 1 else [None]
-        if all(ms is not None for ms in speeds):
+    if len(passed) > 1:
+        speeds = [read_speed(folder) for _, folder in passed]
+        if None not in speeds:
             return passed[int(np.argmin(np.asarray(speeds, dtype=float)))][0]
+    if passed:
         return passed[0][0]
     why = "; ".join(reasons)
     hint = "" if "refused" in why else " (run `mri-triage export` with a training archive)"
