@@ -175,10 +175,12 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         # share of the training slices): that stage alone, its preprocessing and recipe with it,
         # and triage through it.
         adaptive = ["--segmenter-input-mode", "adaptive", "--segmenter-modality-dropout", "0.25"]
+        adaptive += ["--segmenter-batch", "4"]  # and another batch size
         assert main([*base, *changed, *reseeded, *adaptive]) == 0
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         resolved = json.loads(record.read_text())["recipe"]["resolved"]
         assert resolved["input_mode"] == "adaptive" and resolved["modality_dropout"] == 0.25
+        assert resolved["batch"] == 4
         sidecar = json.loads((fold_dir / "segmenter.json").read_text())
         assert sidecar["preprocess"]["input_mode"] == "adaptive"

@@ -433,6 +433,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--segmenter-epochs", type=int, help="override the preset's epochs")
     p.add_argument(
+        "--segmenter-batch",
+        type=int,
+        metavar="B",
+        help="override the preset's segmenter batch size (16 in the cpu preset)",
+    )
+    p.add_argument(
         "--segmenter-ema",
         type=float,
         metavar="M",

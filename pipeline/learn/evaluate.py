@@ -630,6 +630,7 @@ def cli_evaluate(args: Any) -> int:
             modality_dropout=getattr(args, "segmenter_modality_dropout", None),
             seed=getattr(args, "segmenter_seed", None),
             loss=getattr(args, "segmenter_loss", None),
+            batch=getattr(args, "segmenter_batch", None),
         ),
         triage_options={
             k: v
