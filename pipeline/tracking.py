@@ -537,16 +537,20 @@ def without_optimizer(model: Any) -> Any:
 def save_local_model(model: Any, path: str | Path, kind: str, preprocess: Any, **info: Any) -> Path:
     """Save `model` as `<path>.keras` plus the sidecar `<path>.json` (`{"kind", "preprocess"}`).
 
+    Each file replaces its old copy in one step (`atomic_write`): an interrupted save leaves the
+    old file whole, never half a model.
+
     Returns:
         The `.keras` path.
     """
+    from pipeline.io.manifest import atomic_write, atomic_write_text
+
     path = Path(path)
     if path.suffix != ".keras":
         path = path.with_suffix(".keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    without_optimizer(model).save(path)
+    atomic_write(path, without_optimizer(model).save)
     config = {"kind": kind, "preprocess": _preprocess_dict(preprocess), **info}
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2, default=str))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(config, indent=2, default=str))
     return path
 
 

@@ -9,9 +9,7 @@ overwritten, and the two output files each replace their old copy in one step.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +82,8 @@ def write_average(out: str, members: list[str], force: bool = False) -> dict[str
         "member_val_scores": [m.info.get("val_score") for m in loaded],
         **({"preset": presets.pop()} if len(presets) == 1 else {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target under a temporary name, then moved over it: an interrupted run
-    # leaves the old output (or none) whole, never half a file.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".average-") as tmp:
-        config = PreprocessConfig.from_dict(preprocess)
-        staged = save_local_model(model, Path(tmp) / path.name, "segmenter", config, **info)
-        os.replace(staged.with_suffix(".json"), path.with_suffix(".json"))
-        os.replace(staged, path)
+    # Each file replaces its old copy in one step (save_local_model writes atomically).
+    save_local_model(model, path, "segmenter", PreprocessConfig.from_dict(preprocess), **info)
     return {"path": str(path), "members": len(loaded), "parameters": int(model.count_params())}
 
 
