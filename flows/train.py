@@ -47,6 +47,7 @@ RECIPE_OPTIONS = (
     "ema",
     "augment",
     "modality_dropout",
+    "train_on_val",
 )
 
 

@@ -300,6 +300,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 default=None,
                 help="share of sampled tumour-free slices per epoch (cpu/gpu presets: 0.3)",
             )
+            t.add_argument(
+                "--train-on-val",
+                action="store_true",
+                default=None,
+                help="train on the validation patients too and keep the last epoch (--select "
+                "last): more data, but no held-out checkpoint choice, and the run's validation "
+                "figures are in-sample (it is not promoted to champion without --promote)",
+            )
         _handler(t, "flows.train:cli_train")
 
 
@@ -469,6 +477,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--segmenter-loss",
         choices=SEGMENTER_LOSSES,
         help="the folds' segmenters' loss (see `train segmenter --loss`; default: the preset's)",
+    )
+    p.add_argument(
+        "--segmenter-train-on-val",
+        action="store_true",
+        default=None,
+        help="the folds' segmenters also train on the fold's validation patients and keep their "
+        "last epoch (see `train segmenter --train-on-val`)",
     )
     p.add_argument(
         "--segmenter-seed",

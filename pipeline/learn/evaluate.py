@@ -631,6 +631,7 @@ def cli_evaluate(args: Any) -> int:
             seed=getattr(args, "segmenter_seed", None),
             loss=getattr(args, "segmenter_loss", None),
             batch=getattr(args, "segmenter_batch", None),
+            train_on_val=getattr(args, "segmenter_train_on_val", None),
         ),
         triage_options={
             k: v

@@ -4,6 +4,8 @@
 weights, where "best" is validation loss (the paper's habit) or, with `select="auto"`, the figure
 triage cares about: validation ROC AUC for a classifier, mean per-patient Dice over every
 validation slice for a segmenter (a mask painted on a tumour-free slice costs Dice there).
+`select="last"` keeps the weights of the last epoch (no early stopping): for a model trained on
+its validation patients too (`train_on_val`), where no held-out figure is left to select on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pipeline.triage import metrics
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("plateau", "cosine")
-SELECTS = ("val_loss", "auto")
+SELECTS = ("val_loss", "auto", "last")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 #: Validation figure `select="auto"` keeps the best epoch on, per stage (higher is better).
 AUTO_MONITOR = {"classifier": "val_auc", "segmenter": "val_dice_patient"}
@@ -56,8 +58,9 @@ def check_recipe(config: Any) -> None:
 
 
 def monitor_of(config: Any) -> tuple[str, str]:
-    """`(metric name, "min" | "max")` that early stopping and the checkpoint watch."""
-    if config.select == "auto":
+    """`(metric name, "min" | "max")` that early stopping and the checkpoint watch (`select="last"`:
+    the figure logged each epoch, which nothing selects on)."""
+    if config.select in ("auto", "last") and config.stage in AUTO_MONITOR:
         return AUTO_MONITOR[config.stage], "max"
     return "val_loss", "min"
 
@@ -150,19 +153,24 @@ def fit(
             # best weights, the checkpoint) sees the averaged weights at each epoch's end;
             # validation loss is computed on them too.
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-        if config.select == "auto" and score_val is not None:
+        if config.select in ("auto", "last") and score_val is not None:
             callbacks.append(_score_callback(config.stage, score_val, config.batch))
         else:
             monitor, mode = "val_loss", "min"
-        callbacks += [
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, mode=mode, patience=config.patience, restore_best_weights=True
-            ),
-            keras.callbacks.ModelCheckpoint(
-                str(best), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
-            ),
-            _epoch_logger(run_id),
-        ]
+        if config.select != "last":
+            callbacks += [
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode=mode, patience=config.patience, restore_best_weights=True
+                ),
+                keras.callbacks.ModelCheckpoint(
+                    str(best),
+                    monitor=monitor,
+                    mode=mode,
+                    save_best_only=True,
+                    save_weights_only=True,
+                ),
+            ]
+        callbacks.append(_epoch_logger(run_id))
         if config.schedule == "plateau":
             callbacks.insert(
                 -1,
@@ -190,6 +198,8 @@ def fit(
     scores = np.asarray(history.get(monitor, history["val_loss"]), dtype=float)
     scores = np.where(np.isfinite(scores), scores, -np.inf if mode == "max" else np.inf)
     best_epoch = int(np.argmax(scores) if mode == "max" else np.argmin(scores)) + 1
+    if config.select == "last":
+        best_epoch = len(scores)
     return {"history": history, "seconds": seconds, "best_epoch": best_epoch, "monitor": monitor}
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     normalize: str = "none"
     empty_fraction: float = 0.0
     select: str = "val_loss"
+    train_on_val: bool = False
     calibrate: bool = True
     precision: str = "float32"
     pretrain_epochs: int = 0
@@ -120,6 +121,8 @@ class TrainConfig:
         if stage == "classifier" and str(weights).lower() not in ("none", ""):
             kw["weights"] = str(weights)
         pretrained = "weights" in kw
+        if kw.get("train_on_val"):  # nothing held out to select a checkpoint on
+            kw.setdefault("select", "last")
         for key, value in preset_values(preset, stage, pretrained).items():
             kw.setdefault(key, value)
         kw.setdefault("epochs", DEFAULT_EPOCHS[stage])
@@ -145,6 +148,13 @@ class TrainConfig:
             raise ValueError(
                 "modality_dropout replaces the pre- or post-contrast channel by FLAIR: it needs "
                 f"input_mode 'rgb' or 'adaptive' (the three sequences), got {self.input_mode!r}"
+            )
+        if self.train_on_val and (self.stage != "segmenter" or self.select != "last"):
+            raise ValueError(
+                "train_on_val trains on the validation patients too, so nothing is left to "
+                "choose a checkpoint (select must be 'last') or, for a classifier, to calibrate "
+                f"it and fix its operating point on; got stage={self.stage!r}, "
+                f"select={self.select!r}"
             )
         rule.check_gate_context(self.gate_context)
         if self.gate_context and self.stage != "classifier":
@@ -429,10 +439,16 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
     ) as run_id:
         # "adaptive" with modality dropout: the training slices keep their FLAIR neighbours.
         both_forms = pre.input_mode == "adaptive" and config.modality_dropout > 0
+        # `train_on_val`: the validation patients train too; their figures are then in-sample.
+        members = {
+            "train": plan.splits["train"] + (plan.splits["val"] if config.train_on_val else []),
+            "val": plan.splits["val"],
+            "test": plan.splits["test"],
+        }
         train, val, test = (
             load_slices(
                 plan.table,
-                plan.splits[s],
+                members[s],
                 pre,
                 exact=s != "train",
                 neighbours=both_forms and s == "train",
@@ -451,6 +467,8 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             else:
                 train, keep_empty, n_train = train.select(train.labels == 1), 0.0, float(pos)
         tracking.log_params(run_id, _params(config, plan, train))
+        if config.train_on_val:
+            tracking.set_tags(run_id, {"validation": "in-sample (trained on, train_on_val)"})
         tracking_meta.log_training_data(run_id, plan, config.archive)  # fingerprint, no keys
         from models.precision import policy_scope
 
@@ -509,6 +527,8 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             "selection_metric": metric,
             "val_score": score,
         }
+        if config.train_on_val:
+            info["val_score_in_sample"] = True
         if kind == "classifier":
             tracking.log_metrics(run_id, {"operating_point": val_m["operating_point"]})
             info.update(
@@ -525,9 +545,13 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             data = {"fingerprint": plan.fingerprint, **tracking_meta.dataset_profile(plan)}
             card = tracking_meta.model_card(kind, info, val_m, test_m, data)
             tracking_meta.describe_model_version(kind, logged["version"], card)
-            decision = tracking.promote_if_better(
-                kind, logged["version"], metric, score, force=config.promote
-            )
+            if config.train_on_val and not config.promote:
+                # Its validation figure is in-sample: it cannot be compared with a champion's.
+                decision = {"champion": False}
+            else:
+                decision = tracking.promote_if_better(
+                    kind, logged["version"], metric, score, force=config.promote
+                )
             version = f"{logged['registered_model']}/{logged['version']}"
         else:  # evaluation folds: the model stays out of the registry (and off `champion`)
             logged, decision = {"model_uri": ""}, {"champion": False}
