@@ -344,3 +344,44 @@ def test_ema_validates_selects_and_keeps_the_averaged_weights(monkeypatch) -> No
     own = float(averaged.evaluate(x, y, verbose=0))
     assert fitted["history"]["val_loss"][best] == pytest.approx(own, rel=1e-4)
     assert own > 5 * float(raw.evaluate(x, y, verbose=0))  # not the raw weights' loss
+
+
+def test_select_last_keeps_the_last_epoch_and_train_on_val_needs_it(monkeypatch) -> None:
+    """`select="last"`: no early stopping and no checkpoint, the last epoch's weights are kept even
+    where validation got worse; `train_on_val` (segmenter only) implies it and refuses any other
+    selection, since its validation figures are in-sample."""
+    import keras
+
+    from pipeline.learn import recipe_fit
+    from pipeline.learn.training import TrainConfig
+
+    tov = TrainConfig.create("segmenter", "x", "resunet", preset="cpu", train_on_val=True)
+    assert tov.select == "last" and tov.train_on_val  # the preset's "auto" gives way
+    with pytest.raises(ValueError, match="select must be 'last'"):
+        TrainConfig.create("segmenter", "x", "resunet", train_on_val=True, select="auto")
+    with pytest.raises(ValueError, match="calibrate"):
+        TrainConfig.create("classifier", "x", "resnet50", train_on_val=True)
+    monkeypatch.setattr(recipe_fit, "_epoch_logger", lambda run_id: keras.callbacks.Callback())
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 3.0], dtype="float32"))[:, None]
+
+    def run(select: str) -> tuple[keras.Model, dict]:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        config = TrainConfig.create(
+            "segmenter", "x", "resunet", epochs=6, lr=0.05, patience=1, select=select
+        )
+        model.compile(optimizer=recipe_fit.make_optimizer(config, 8), loss="mse")
+        # Validation wants the opposite map: it gets worse every epoch training gets better.
+        fitted = recipe_fit.fit(model, x, (x, -y), config, "", y=y, batch_size=8)
+        return model, fitted
+
+    by_loss, stopped = run("val_loss")
+    last, kept = run("last")
+    assert len(kept["history"]["loss"]) == 6 and kept["best_epoch"] == 6
+    assert len(stopped["history"]["loss"]) < 6  # early stopping ended the other one
+    # The kept weights are the last epoch's: their validation loss is the last one logged.
+    own = float(last.evaluate(x, -y, verbose=0))
+    assert kept["history"]["val_loss"][-1] == pytest.approx(own, rel=1e-4)
+    assert own > float(by_loss.evaluate(x, -y, verbose=0))

@@ -479,6 +479,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="the folds' segmenters' loss (see `train segmenter --loss`; default: the preset's)",
     )
     p.add_argument(
+        "--segmenter-empty-fraction",
+        type=float,
+        metavar="F",
+        help="the folds' segmenters: share of sampled tumour-free slices per epoch (see `train "
+        "segmenter --empty-fraction`; 0.3 in the cpu and gpu presets)",
+    )
+    p.add_argument(
         "--segmenter-train-on-val",
         action="store_true",
         default=None,

@@ -632,6 +632,7 @@ def cli_evaluate(args: Any) -> int:
             loss=getattr(args, "segmenter_loss", None),
             batch=getattr(args, "segmenter_batch", None),
             train_on_val=getattr(args, "segmenter_train_on_val", None),
+            empty_fraction=getattr(args, "segmenter_empty_fraction", None),
         ),
         triage_options={
             k: v
