@@ -381,12 +381,21 @@ def log_keras_model(
 
 
 def promote_if_better(
-    kind: str, version: str, metric: str, score: float, *, force: bool = False
+    kind: str,
+    version: str,
+    metric: str,
+    score: float,
+    *,
+    force: bool = False,
+    in_sample: bool = False,
 ) -> dict[str, Any]:
     """Move the `champion` alias to `version` when it beats the champion's `metric` on validation.
 
     The first version always becomes champion; `force` (`--promote`) moves it regardless. The
-    score is kept as a version tag so later comparisons need no run lookup.
+    score is kept as a version tag so later comparisons need no run lookup. `in_sample`: the
+    score was measured on patients the model trained on (`train_on_val`), so it is compared with
+    nothing: the version becomes champion only when there is none yet or with `force`, and its
+    score is tagged `val_<metric>_in_sample`, which a later held-out score does not compare with.
 
     Returns:
         `{"champion": bool, "previous": version or None, "previous_score": float or None}`.
@@ -394,7 +403,8 @@ def promote_if_better(
     configure_tracking()
     client = MlflowClient()
     name = REGISTERED_MODELS[kind]
-    client.set_model_version_tag(name, version, f"val_{metric}", str(score))
+    suffix = "_in_sample" if in_sample else ""
+    client.set_model_version_tag(name, version, f"val_{metric}{suffix}", str(score))
     previous, previous_score = None, None
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -404,7 +414,7 @@ def promote_if_better(
     except MlflowException:
         current = None
     better = previous_score is None or not np.isfinite(previous_score) or score > previous_score
-    promote = force or current is None or (np.isfinite(score) and better)
+    promote = force or current is None or (not in_sample and np.isfinite(score) and better)
     if promote and previous != version:
         client.set_registered_model_alias(name, CHAMPION, version)
     return {"champion": promote, "previous": previous, "previous_score": previous_score}

@@ -97,6 +97,9 @@ def test_registry_champion_and_load_model(mlflow_uri: str, tmp_path: Path) -> No
     assert versions == ["1", "2", "3"]
     forced = tracking.promote_if_better("classifier", "2", "roc_auc", 0.6, force=True)
     assert forced["champion"] and forced["previous"] == "3"
+    # A score measured on patients the model trained on (train_on_val) is compared with nothing.
+    in_sample = tracking.promote_if_better("classifier", "3", "roc_auc", 0.99, in_sample=True)
+    assert not in_sample["champion"] and in_sample["previous"] == "2"
 
     loaded = tracking.load_model("models:/mri-triage-classifier@champion")
     assert loaded.version == "mri-triage-classifier/2"

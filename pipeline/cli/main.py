@@ -306,7 +306,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                 default=None,
                 help="train on the validation patients too and keep the last epoch (--select "
                 "last): more data, but no held-out checkpoint choice, and the run's validation "
-                "figures are in-sample (it is not promoted to champion without --promote)",
+                "figures are in-sample (it becomes champion only when there is none yet, or "
+                "with --promote)",
             )
         _handler(t, "flows.train:cli_train")
 

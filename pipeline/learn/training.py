@@ -545,13 +545,14 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
             data = {"fingerprint": plan.fingerprint, **tracking_meta.dataset_profile(plan)}
             card = tracking_meta.model_card(kind, info, val_m, test_m, data)
             tracking_meta.describe_model_version(kind, logged["version"], card)
-            if config.train_on_val and not config.promote:
-                # Its validation figure is in-sample: it cannot be compared with a champion's.
-                decision = {"champion": False}
-            else:
-                decision = tracking.promote_if_better(
-                    kind, logged["version"], metric, score, force=config.promote
-                )
+            decision = tracking.promote_if_better(
+                kind,
+                logged["version"],
+                metric,
+                score,
+                force=config.promote,
+                in_sample=config.train_on_val,  # its validation figure is not held out
+            )
             version = f"{logged['registered_model']}/{logged['version']}"
         else:  # evaluation folds: the model stays out of the registry (and off `champion`)
             logged, decision = {"model_uri": ""}, {"champion": False}
