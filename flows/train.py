@@ -154,7 +154,7 @@ def train_segmenter_flow(
     return _run(config)
 
 
-def _summary(result: dict[str, Any], stage: str) -> str:
+def _summary(result: dict[str, Any], stage: str, in_sample: bool = False) -> str:
     keys = (
         ["accuracy", "sensitivity", "specificity", "roc_auc", "sensitivity_at_triage"]
         if stage == "classifier"
@@ -163,7 +163,14 @@ def _summary(result: dict[str, Any], stage: str) -> str:
     test = ", ".join(f"{k} {result['test'].get(k, float('nan')):.3f}" for k in keys)
     lines = [
         f"run {result['run_name']} ({result['run_id']})",
-        f"registered {result['version']}" + (" -> champion" if result["champion"] else ""),
+        f"registered {result['version']}"
+        + (" -> champion" if result["champion"] else "")
+        + (
+            " (not champion: trained on its validation patients too, so its validation figures "
+            "are in-sample and compared with no champion's; --promote moves the alias)"
+            if in_sample and not result["champion"]
+            else ""
+        ),
         f"test: {test}",
     ]
     if stage == "classifier":
@@ -220,5 +227,5 @@ def cli_train(args: argparse.Namespace) -> int:
     except Exception as err:  # the MLflow run is already marked FAILED
         print(f"mri-triage train: training failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
-    print(_summary(result, args.stage))
+    print(_summary(result, args.stage, in_sample=bool(getattr(args, "train_on_val", False))))
     return EXIT_OK

@@ -177,6 +177,30 @@ def test_failing_run_is_marked_failed(
     assert len(failed) == 1 and failed["status"].tolist() == ["FAILED"]
 
 
+def test_train_on_val_keeps_the_last_epoch_and_leaves_the_champion(
+    trained: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    """`--train-on-val`: the validation patients train too, the last epoch is kept, the run says
+    its validation figures are in-sample, and it does not displace the champion."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained['tmp'] / 'mlflow.db'}")
+        mp.setenv("MRI_TRIAGE_ARTIFACT_ROOT", str(trained["tmp"] / "artifacts"))
+        args = ["train", "segmenter", "--archive", str(trained["archive"]), *COMMON]
+        assert main([*args, "--lr", "1e-3", "--train-on-val"]) == 0
+        runs = tracking.search_runs([tracking.EXPERIMENTS["segmenter"]])
+        champion = tracking.load_model("models:/mri-triage-segmenter@champion")
+    out = capsys.readouterr().out
+    assert "registered mri-triage-segmenter/2 (not champion: trained on its validation" in out
+    assert champion.version == "mri-triage-segmenter/1"
+    run = tracking.get_run(runs["run_id"].iloc[0])  # newest first
+    assert run["params"]["train_on_val"] == "True" and run["params"]["select"] == "last"
+    assert run["tags"]["validation"].startswith("in-sample")
+    assert run["metrics"]["best_epoch"] == run["metrics"]["epochs_run"] == EPOCHS
+    first = tracking.get_run(runs["run_id"].iloc[-1])
+    used = "train_slices_used"
+    assert int(run["params"][used]) > int(first["params"][used])  # the validation slices joined
+
+
 def test_archive_without_tumour_stops_clearly(
     prefect_harness: None, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
