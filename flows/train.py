@@ -154,7 +154,7 @@ def train_segmenter_flow(
     return _run(config)
 
 
-def _summary(result: dict[str, Any], stage: str, in_sample: bool = False) -> str:
+def _summary(result: dict[str, Any], stage: str) -> str:
     keys = (
         ["accuracy", "sensitivity", "specificity", "roc_auc", "sensitivity_at_triage"]
         if stage == "classifier"
@@ -168,7 +168,7 @@ def _summary(result: dict[str, Any], stage: str, in_sample: bool = False) -> str
         + (
             " (not champion: trained on its validation patients too, so its validation figures "
             "are in-sample and compared with no champion's; --promote moves the alias)"
-            if in_sample and not result["champion"]
+            if result.get("in_sample") and not result["champion"]
             else ""
         ),
         f"test: {test}",
@@ -227,5 +227,5 @@ def cli_train(args: argparse.Namespace) -> int:
     except Exception as err:  # the MLflow run is already marked FAILED
         print(f"mri-triage train: training failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
-    print(_summary(result, args.stage, in_sample=bool(getattr(args, "train_on_val", False))))
+    print(_summary(result, args.stage))
     return EXIT_OK

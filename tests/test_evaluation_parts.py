@@ -353,10 +353,18 @@ def test_select_last_keeps_the_last_epoch_and_train_on_val_needs_it(monkeypatch)
     import keras
 
     from pipeline.learn import recipe_fit
+    from pipeline.learn.recipes import PRESETS
     from pipeline.learn.training import TrainConfig
 
     tov = TrainConfig.create("segmenter", "x", "resunet", preset="cpu", train_on_val=True)
     assert tov.select == "last" and tov.train_on_val  # the preset's "auto" gives way
+    # A preset that trains on the validation patients: its "auto" gives way too, and an explicit
+    # train_on_val=False keeps the held-out choice.
+    monkeypatch.setitem(PRESETS["cpu"]["segmenter"], "train_on_val", True)
+    assert TrainConfig.create("segmenter", "x", "resunet", preset="cpu").select == "last"
+    off = TrainConfig.create("segmenter", "x", "resunet", preset="cpu", train_on_val=False)
+    assert off.select == "auto" and not off.train_on_val
+    monkeypatch.delitem(PRESETS["cpu"]["segmenter"], "train_on_val")
     with pytest.raises(ValueError, match="select must be 'last'"):
         TrainConfig.create("segmenter", "x", "resunet", train_on_val=True, select="auto")
     with pytest.raises(ValueError, match="calibrate"):

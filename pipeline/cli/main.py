@@ -302,7 +302,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             )
             t.add_argument(
                 "--train-on-val",
-                action="store_true",
+                action=argparse.BooleanOptionalAction,
                 default=None,
                 help="train on the validation patients too and keep the last epoch (--select "
                 "last): more data, but no held-out checkpoint choice, and the run's validation "
@@ -488,7 +488,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--segmenter-train-on-val",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="the folds' segmenters also train on the fold's validation patients and keep their "
         "last epoch (see `train segmenter --train-on-val`)",

@@ -121,10 +121,11 @@ class TrainConfig:
         if stage == "classifier" and str(weights).lower() not in ("none", ""):
             kw["weights"] = str(weights)
         pretrained = "weights" in kw
-        if kw.get("train_on_val"):  # nothing held out to select a checkpoint on
-            kw.setdefault("select", "last")
+        explicit = set(kw)
         for key, value in preset_values(preset, stage, pretrained).items():
             kw.setdefault(key, value)
+        if kw.get("train_on_val") and "select" not in explicit:
+            kw["select"] = "last"  # nothing held out is left to choose a checkpoint on
         kw.setdefault("epochs", DEFAULT_EPOCHS[stage])
         kw.setdefault("lr", DEFAULT_LR[model])
         kw.setdefault("loss", DEFAULT_LOSS[model])
@@ -413,6 +414,8 @@ class TrainResult:
     val: dict[str, float]
     test: dict[str, float]
     saved: str | None = None
+    #: trained on its validation patients too (`train_on_val`): `val` is in-sample
+    in_sample: bool = False
 
 
 def _selection(config: TrainConfig, val_m: dict[str, float]) -> tuple[str, float]:
@@ -564,5 +567,13 @@ def train_and_log(config: TrainConfig, plan: DataPlan) -> TrainResult:
                 tracking.save_local_model(model, config.save, kind, pre, version=version, **info)
             )
     return TrainResult(
-        run_id, name, logged["model_uri"], version, bool(decision["champion"]), val_m, test_m, saved
+        run_id,
+        name,
+        logged["model_uri"],
+        version,
+        bool(decision["champion"]),
+        val_m,
+        test_m,
+        saved,
+        config.train_on_val,
     )
