@@ -155,7 +155,7 @@ class TrainConfig:
                 "train_on_val trains on the validation patients too, so nothing is left to "
                 "choose a checkpoint (select must be 'last') or, for a classifier, to calibrate "
                 f"it and fix its operating point on; got stage={self.stage!r}, "
-                f"select={self.select!r}"
+                f"select={self.select!r} (--no-train-on-val keeps those patients held out)"
             )
         rule.check_gate_context(self.gate_context)
         if self.gate_context and self.stage != "classifier":
