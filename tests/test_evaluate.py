@@ -142,7 +142,7 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert main([*base, *changed[:at], *changed[at + 2 :]]) == 0
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and fold["segmenter_reused"] == 1
-        assert seg["recipe"]["resolved"]["empty_fraction"] == 0.3  # the preset's, recorded
+        assert seg["recipe"]["resolved"]["empty_fraction"] == 0.1  # the preset's, recorded
         # A preset whose values changed since (a new version) retrains what it trained.
         mp.setitem(PRESETS["cpu"]["segmenter"], "empty_fraction", 0.25)
         assert main([*base, *changed]) == 0
@@ -184,19 +184,19 @@ def test_resume_reuses_only_models_of_the_same_recipe(evaluated: dict[str, Any])
         assert resolved["batch"] == 4
         sidecar = json.loads((fold_dir / "segmenter.json").read_text())
         assert sidecar["preprocess"]["input_mode"] == "adaptive"
-        # The segmenters train on the fold's validation patients too: more slices, the last
-        # epoch kept, the sidecar saying its validation score is in-sample.
+        # The preset's segmenters train on the fold's validation patients too (v8); turned off,
+        # they train on fewer slices and choose their epoch on those patients again.
         used = "params.train_slices_used"
         before = tracking.search_runs([EXPERIMENT], status=None)
-        more = ["--segmenter-train-on-val", "--segmenter-empty-fraction", "0.2"]
+        more = ["--no-segmenter-train-on-val", "--segmenter-empty-fraction", "0.2"]
         assert main([*base, *changed, *reseeded, *adaptive, *more]) == 0
         fold = json.loads((evaluated["out"] / "evaluation.json").read_text())["folds"][0]
         assert fold["classifier_reused"] == 1 and "segmenter_reused" not in fold
         resolved = json.loads(record.read_text())["recipe"]["resolved"]
-        assert resolved["train_on_val"] is True and resolved["select"] == "last"
+        assert resolved["train_on_val"] is False and resolved["select"] == "auto"
         assert resolved["empty_fraction"] == 0.2
-        assert json.loads((fold_dir / "segmenter.json").read_text())["val_score_in_sample"]
+        assert "val_score_in_sample" not in json.loads((fold_dir / "segmenter.json").read_text())
         runs = tracking.search_runs([EXPERIMENT], status=None)
         new = runs[~runs["run_id"].isin(before["run_id"]) & runs[used].notna()]
         old_seg = before[before["tags.stage"].eq("segmenter")]
-        assert len(new) == 1 and int(new[used].iloc[0]) > int(old_seg[used].astype(int).max())
+        assert len(new) == 1 and int(new[used].iloc[0]) < int(old_seg[used].astype(int).min())

@@ -241,7 +241,7 @@ def test_presets_and_precedence() -> None:
     paper = TrainConfig.create("segmenter", "x", "resunet", preset="paper")
     assert (paper.image_size, paper.lr, paper.input_mode) == (256, 1e-5, "rgb")
     seg = TrainConfig.create("segmenter", "x", "resunet", preset="cpu")
-    assert seg.empty_fraction == 0.3 and seg.select == "auto"
+    assert seg.empty_fraction == 0.1 and seg.train_on_val and seg.select == "last"  # v8
     with pytest.raises(ValueError, match="preset must be one of"):
         TrainConfig.create("segmenter", "x", "resunet", preset="fast")
     with pytest.raises(ValueError, match="optimizer must be one of"):
@@ -357,14 +357,13 @@ def test_select_last_keeps_the_last_epoch_and_train_on_val_needs_it(monkeypatch)
     from pipeline.learn.training import TrainConfig
 
     tov = TrainConfig.create("segmenter", "x", "resunet", preset="cpu", train_on_val=True)
-    assert tov.select == "last" and tov.train_on_val  # the preset's "auto" gives way
-    # A preset that trains on the validation patients: its "auto" gives way too, and an explicit
-    # train_on_val=False keeps the held-out choice.
-    monkeypatch.setitem(PRESETS["cpu"]["segmenter"], "train_on_val", True)
+    assert tov.select == "last" and tov.train_on_val
+    # The cpu preset trains on the validation patients (v8), its select "auto" giving way to
+    # "last"; an explicit train_on_val=False keeps the held-out choice.
+    assert PRESETS["cpu"]["segmenter"]["train_on_val"] is True
     assert TrainConfig.create("segmenter", "x", "resunet", preset="cpu").select == "last"
     off = TrainConfig.create("segmenter", "x", "resunet", preset="cpu", train_on_val=False)
     assert off.select == "auto" and not off.train_on_val
-    monkeypatch.delitem(PRESETS["cpu"]["segmenter"], "train_on_val")
     with pytest.raises(ValueError, match="select must be 'last'"):
         TrainConfig.create("segmenter", "x", "resunet", train_on_val=True, select="auto")
     with pytest.raises(ValueError, match="calibrate"):

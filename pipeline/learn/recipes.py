@@ -80,7 +80,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "warmup": 0.05,
             "input_mode": "flair25d",
             "normalize": "volume",
-            "empty_fraction": 0.3,
+            "empty_fraction": 0.1,
+            "train_on_val": True,  # with `select` "last" unless training is told otherwise
             "select": "auto",
             "patience": 12,
         },
