@@ -10,16 +10,18 @@ are logged with every run, so a run can be repeated from its MLflow params alone
   in 42 min on an AVX2-only machine with TensorFlow's oneDNN kernels, which the command turns on;
   the longer v6 schedule took 54 min there, 130-152 min without oneDNN, 40 on an AVX-512 machine;
   README, docs/ACCURACY.md row 42): mask pre-training 5 epochs, classifier 12, segmenter 30; small
-  inputs (classifier 64 px, segmenter 128 px), FLAIR with its
-  neighbouring slices as the three channels, per-patient intensity normalisation (so TIF and NIfTI
-  sources look alike), AdamW with warm-up and cosine decay, checkpoints chosen on validation ROC AUC
-  / per-patient Dice, and a segmenter that also sees a sampled share of tumour-free slices so it
-  learns to draw nothing. Without ImageNet weights the classifier's backbone is first trained for
-  a few epochs as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the
-  head. The gate looks 1 slice either side (`pipeline.triage.rule.context_p_normal`) and its
-  operating point keeps validation slice sensitivity >= 0.99, then is raised as far as validation
-  still calls 45% of its slices normal (`--min-saved`: the calls-saved target spent on sensitivity;
-  rule B of docs/ACCURACY.md, fold 4).
+  inputs (classifier 64 px, segmenter 128 px), FLAIR with its neighbouring slices as the three
+  channels, per-patient intensity normalisation (so TIF and NIfTI sources look alike), AdamW with
+  warm-up and cosine decay, the classifier's checkpoint chosen on validation ROC AUC, and (v8,
+  docs/ACCURACY.md rows 61-63) a segmenter trained on the validation patients too, its last epoch
+  kept (`train_on_val`; `--no-train-on-val` chooses the epoch on them by per-patient Dice instead),
+  that also sees a sampled tenth of tumour-free slices so it learns to draw nothing where the gate
+  sends it one. Without ImageNet weights the classifier's backbone is first trained for a few epochs
+  as a U-Net encoder on the masks (`pipeline.learn.pretrain`), then fine-tuned with the head. The
+  gate looks 1 slice either side (`pipeline.triage.rule.context_p_normal`) and its operating point
+  keeps validation slice sensitivity >= 0.99, then is raised as far as validation still calls 45% of
+  its slices normal (`--min-saved`: the calls-saved target spent on sensitivity; rule B of
+  docs/ACCURACY.md, fold 4).
 - `gpu`: the `cpu` recipe at 256 px with a longer schedule and mixed precision.
 """
 
