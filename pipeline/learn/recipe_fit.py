@@ -60,7 +60,7 @@ def check_recipe(config: Any) -> None:
 def monitor_of(config: Any) -> tuple[str, str]:
     """`(metric name, "min" | "max")` that early stopping and the checkpoint watch (`select="last"`:
     the figure logged each epoch, which nothing selects on)."""
-    if config.select in ("auto", "last") and config.stage in AUTO_MONITOR:
+    if config.select in ("auto", "last"):
         return AUTO_MONITOR[config.stage], "max"
     return "val_loss", "min"
 
