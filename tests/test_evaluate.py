@@ -64,6 +64,7 @@ def test_every_metric_with_its_interval(evaluated: dict[str, Any], capsys: Any) 
     assert 0.0 <= fold["threshold"] <= 1.0
     rows = (evaluated["out"] / "patients.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("fold,patient")
+    assert rows[0].endswith(",hd95,recall,precision")
 
 
 def test_mlflow_parent_fold_and_training_runs(evaluated: dict[str, Any]) -> None:

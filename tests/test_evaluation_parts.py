@@ -274,6 +274,12 @@ def test_truth_metrics_count_labelled_slices_only_and_masks_are_not_copied() -> 
     part = _gt_metrics(gt, usable, flagged, pred)
     same = _gt_metrics(gt[usable], np.ones(10, bool), flagged[usable], pred[usable])
     assert part == same and part.dice is not None
+    both = metrics.per_patient(gt[usable], pred[usable], ["p"] * 10)["p"]
+    assert part.recall == pytest.approx(both["recall"])
+    assert part.precision == pytest.approx(both["precision"])
+    empty = _gt_metrics(np.zeros((3, 8, 8), bool), np.ones(3, bool), np.ones(3, bool),
+                        np.zeros((3, 8, 8), bool))  # fmt: skip
+    assert empty.dice == 1.0 and empty.recall is None and empty.precision is None
     assert metrics.as_bool(gt) is gt  # bool masks pass through uncopied
     assert metrics.as_bool(np.array([0.0, 0.4, -1.0])).tolist() == [False, True, True]
 

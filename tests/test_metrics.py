@@ -143,6 +143,27 @@ def test_per_patient_pools_slices() -> None:
         metrics.per_patient(t, p, ["a"])
 
 
+def test_per_patient_recall_and_precision_split_the_dice() -> None:
+    """Recall = share of the true tumour drawn, precision = share of the drawing that is tumour:
+    one patient under-drawn, one over-drawn, one tumour-free with a false mask, one empty."""
+    t = np.zeros((4, 8, 8), bool)
+    p = np.zeros((4, 8, 8), bool)
+    t[0, :4, :4] = True  # 16 px
+    p[0, :2, :4] = True  # 8 of them: under-drawn
+    t[1, :2, :2] = True  # 4 px
+    p[1, :4, :4] = True  # 16 drawn around them: over-drawn
+    p[2, 0, 0] = True  # a false mask on a tumour-free patient
+    pp = metrics.per_patient(t, p, ["under", "over", "free", "empty"])
+    assert pp["under"]["recall"] == pytest.approx(0.5) and pp["under"]["precision"] == 1.0
+    assert pp["over"]["recall"] == 1.0 and pp["over"]["precision"] == pytest.approx(0.25)
+    assert np.isnan(pp["free"]["recall"]) and pp["free"]["precision"] == 0.0
+    assert np.isnan(pp["empty"]["recall"]) and np.isnan(pp["empty"]["precision"])
+    # Dice is their harmonic mean wherever both are defined.
+    for key in ("under", "over"):
+        r, q = pp[key]["recall"], pp[key]["precision"]
+        assert pp[key]["dice"] == pytest.approx(2 * r * q / (r + q))
+
+
 def test_bad_input_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metrics.classification_metrics([0, 1], [0.2, 1.5])

@@ -72,6 +72,8 @@ class PatientEval:
         p_tumour: `(N,)` calibrated P(tumour) per slice.
         flagged: `(N,)` bool, sent to the segmenter.
         found: a predicted mask on at least one true tumour slice (None: tumour-free patient).
+        recall, precision: the share of the true tumour drawn and of the drawing that is tumour,
+            over all labelled slices (NaN where undefined: no true tumour / nothing drawn).
     """
 
     fold: int
@@ -83,6 +85,8 @@ class PatientEval:
     dice_tumour: float
     hd95: float
     found: bool | None
+    recall: float = float("nan")
+    precision: float = float("nan")
 
 
 def patient_eval(rep: Mapping[str, Any], fold: int) -> PatientEval:
@@ -107,6 +111,8 @@ def patient_eval(rep: Mapping[str, Any], fold: int) -> PatientEval:
         dice_tumour=num("dice_tumour_slices"),
         hd95=num("hd95"),
         found=bool(hit) if labels.any() else None,
+        recall=num("recall"),
+        precision=num("precision"),
     )
 
 
@@ -150,6 +156,9 @@ STATISTICS: dict[str, Callable[[Sequence[PatientEval]], float]] = {
     "dice_tumour_median": lambda ps: _mean([p.dice_tumour for p in ps], median=True),
     "hd95_mean": lambda ps: _mean([p.hd95 for p in ps]),
     "hd95_median": lambda ps: _mean([p.hd95 for p in ps], median=True),
+    # Where Dice goes: under-drawing (recall) or false masks (precision), patient means.
+    "recall_mean": lambda ps: _mean([p.recall for p in ps]),
+    "precision_mean": lambda ps: _mean([p.precision for p in ps]),
 }
 
 
@@ -222,6 +231,7 @@ def triage_held_out(
                     zero,
                     float("nan"),
                     found,
+                    recall=zero,
                 )
             )
             continue
@@ -446,6 +456,8 @@ def _patient_rows(evals: Sequence[PatientEval], keys: bool) -> pd.DataFrame:
                 "dice_all": p.dice_all,
                 "dice_tumour": p.dice_tumour,
                 "hd95": p.hd95,
+                "recall": p.recall,
+                "precision": p.precision,
             }
         )
     return pd.DataFrame(rows)
@@ -562,6 +574,8 @@ TABLE_COLUMNS = (
     ("dice_all_median", "Dice all (median)"),
     ("dice_tumour_mean", "Dice tumour sl."),
     ("hd95_median", "HD95 median"),
+    ("recall_mean", "recall"),
+    ("precision_mean", "precision"),
 )
 
 

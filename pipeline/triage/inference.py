@@ -178,7 +178,8 @@ def _gt_metrics(
 
     `dice` pools every labelled slice (tumour on a slice the gate dropped counts as missed),
     `dice_tumour_slices` only the slices with true tumour, `hd95` is the 3-D 95% Hausdorff
-    distance in mm (pixels where the spacing is unknown; None when only one mask is empty).
+    distance in mm (pixels where the spacing is unknown; None when only one mask is empty),
+    `recall` / `precision` the shares of the true tumour drawn / of the drawing that is tumour.
     """
     from pipeline.triage.metrics import hd95, per_patient
 
@@ -190,19 +191,27 @@ def _gt_metrics(
     caught = int((tumour & f).sum())
     sx, sy, sz = (float(v) for v in spacing)
     dist = hd95(t, p, (sz, sy, sx)) if len(t) else float("nan")
+    whole = per_patient(t, p, ["p"] * len(t))["p"] if len(t) else {}
+
+    def finite(key: str) -> float | None:
+        value = whole.get(key)
+        return None if value is None or not np.isfinite(value) else float(value)
+
     return TruthMetrics(
         gt_tumour_slices=int(tumour.sum()),
         gate_caught_slices=caught,
         gate_missed_slices=int(tumour.sum()) - caught,
         gate_sensitivity=caught / int(tumour.sum()) if tumour.any() else None,
         # Over ALL labelled slices: tumour on a slice the gate dropped counts against Dice.
-        dice=per_patient(t, p, ["p"] * len(t))["p"]["dice"] if len(t) else None,
+        dice=finite("dice"),
         dice_tumour_slices=(
             per_patient(t[tumour], p[tumour], ["p"] * int(tumour.sum()))["p"]["dice"]
             if tumour.any()
             else None
         ),
         hd95=dist if np.isfinite(dist) else None,
+        recall=finite("recall"),
+        precision=finite("precision"),
     )
 
 

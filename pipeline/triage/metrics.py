@@ -297,14 +297,18 @@ def iou_per_slice(true: Any, pred: Any) -> np.ndarray:
 
 
 def per_patient(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Volume Dice and IoU per patient (all of a patient's slices pooled; empty-empty = 1).
+    """Volume Dice, IoU, recall and precision per patient (all of a patient's slices pooled).
+
+    Dice and IoU are 1 where both masks are empty; recall (the share of the true tumour drawn) is
+    NaN without true tumour, precision (the share of the drawing inside the true tumour) NaN
+    without a drawing: where Dice is lost, to under-drawing or to false masks.
 
     Args:
         true, pred: `(N, H, W)` bool masks.
         patients: `(N,)` patient key of each slice.
 
     Returns:
-        `{patient: {"dice", "iou", "slices"}}` in first-seen order.
+        `{patient: {"dice", "iou", "recall", "precision", "slices"}}` in first-seen order.
     """
     t, p = as_bool(true), as_bool(pred)
     keys = np.asarray(list(patients))
@@ -320,6 +324,8 @@ def per_patient(true: Any, pred: Any, patients: Sequence[str]) -> dict[str, dict
         out[str(key)] = {
             "dice": 1.0 if den == 0 else 2.0 * inter / den,
             "iou": 1.0 if union == 0 else inter / union,
+            "recall": inter / st if st else float("nan"),
+            "precision": inter / sp if sp else float("nan"),
             "slices": float(sel.sum()),
         }
     return out

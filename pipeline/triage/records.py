@@ -122,6 +122,10 @@ class TruthMetrics:
         dice_tumour_slices: Dice over the true tumour slices only.
         hd95: 3-D 95% Hausdorff distance in mm (pixels where the spacing is unknown), None when
             one of the masks is empty.
+        recall: share of the true tumour's pixels drawn, over every labelled slice (None for a
+            tumour-free patient); precision: share of the drawn pixels inside the true tumour
+            (None when nothing is drawn). Dice lost to under-drawing shows in the first, to false
+            masks in the second.
     """
 
     gt_tumour_slices: int
@@ -131,6 +135,8 @@ class TruthMetrics:
     dice: float | None = None
     dice_tumour_slices: float | None = None
     hd95: float | None = None
+    recall: float | None = None
+    precision: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

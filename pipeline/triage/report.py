@@ -229,6 +229,8 @@ _METRIC_LABELS = {
     "dice": "Dice (all labelled slices)",
     "dice_tumour_slices": "Dice (tumour slices)",
     "hd95": "HD95 (mm, px when the spacing is unknown)",
+    "recall": "recall (share of the true tumour drawn)",
+    "precision": "precision (share of the drawing inside the true tumour)",
 }
 
 
