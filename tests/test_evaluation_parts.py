@@ -398,3 +398,17 @@ def test_select_last_keeps_the_last_epoch_and_train_on_val_needs_it(monkeypatch)
     own = float(last.evaluate(x, -y, verbose=0))
     assert kept["history"]["val_loss"][-1] == pytest.approx(own, rel=1e-4)
     assert own > float(by_loss.evaluate(x, -y, verbose=0))
+
+
+def test_format_table_names_given_models_and_shows_recall_and_precision() -> None:
+    from pipeline.learn.evaluate import TABLE_COLUMNS, format_table
+
+    figures = {k: 0.5 for k, _ in TABLE_COLUMNS}
+    row = {"fold": -1, "patients": 2, "threshold": 0.8, "gate_context": 1, **figures}
+    overall = {"patients": 2, **figures}
+    overall.update({f"{k}_{end}": 0.25 for k, _ in TABLE_COLUMNS for end in ("low", "high")})
+    lines = format_table({"folds": [row], "overall": overall}).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[-4:-2] == ["recall", "precision"]
+    assert lines[2].startswith("| given models | 2 | 0.500 |") and "0.8 ±1" in lines[2]
+    assert lines[3].startswith("| all | 2 | 0.500 [0.250, 0.250] |")

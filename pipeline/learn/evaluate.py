@@ -585,7 +585,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     head.append("threshold (± z context)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["folds"]:
-        cells = [str(row["fold"]), str(int(row["patients"]))]
+        fold = "given models" if row["fold"] == -1 else str(row["fold"])  # --no-train
+        cells = [fold, str(int(row["patients"]))]
         cells += [f"{row[k]:.3f}" for k, _ in TABLE_COLUMNS]
         train_s = row.get("classifier_s", 0.0) + row.get("segmenter_s", 0.0)
         reach = int(row.get("gate_context", 0) or 0)
