@@ -463,6 +463,14 @@ def _patient_rows(evals: Sequence[PatientEval], keys: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The fold number of `--no-train`'s one "fold": the given models on every patient.
+GIVEN_MODELS_FOLD = -1
+
+
+def _fold_label(fold: int | str) -> str:
+    return "given models" if fold == GIVEN_MODELS_FOLD else str(fold)
+
+
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Cross-validate (or, without training, score given models) and log to MLflow.
 
@@ -481,7 +489,8 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     else:
         if not (config.classifier and config.segmenter):
             raise ValueError("--no-train needs --classifier and --segmenter model URIs")
-        assignment, todo = {str(p): -1 for p in table["patient"].unique()}, [-1]
+        given = GIVEN_MODELS_FOLD
+        assignment, todo = {str(p): given for p in table["patient"].unique()}, [given]
     params = {
         "mode": "cross-validation" if config.train else "score-models",
         "folds": config.folds if config.train else 0,
@@ -585,8 +594,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     head.append("threshold (± z context)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["folds"]:
-        fold = "given models" if row["fold"] == -1 else str(row["fold"])  # --no-train
-        cells = [fold, str(int(row["patients"]))]
+        cells = [_fold_label(row["fold"]), str(int(row["patients"]))]
         cells += [f"{row[k]:.3f}" for k, _ in TABLE_COLUMNS]
         train_s = row.get("classifier_s", 0.0) + row.get("segmenter_s", 0.0)
         reach = int(row.get("gate_context", 0) or 0)
@@ -675,7 +683,8 @@ def cli_evaluate(args: Any) -> int:
     print(format_table(result))
     for row in result["folds"]:  # what each fold's models ran on (`--runtime`)
         on = ", ".join(f"{k[8:]} on {v}" for k, v in row.items() if k.startswith("runtime_"))
-        print(f"{'given models' if row['fold'] == -1 else 'fold ' + str(row['fold'])}: {on}")
+        label = _fold_label(row["fold"])
+        print(f"{label if row['fold'] == GIVEN_MODELS_FOLD else 'fold ' + label}: {on}")
     print(f"per-patient rows: {result['patients_csv']}\nMLflow run: {result['run_id']}")
     print(
         "held-out gate trade-off per threshold (reading only: the run's threshold was chosen on "
