@@ -168,12 +168,15 @@ def test_killed_run_resumes(tmp_path: Path, models: dict) -> None:
     cmd = [sys.executable, "-m", "pipeline.cli", "triage", str(archive), "--out", str(out),
            "--classifier", models["clf"], "--segmenter", models["seg"], "--no-mlflow",
            "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group, killed whole: the run and the temporary Prefect server it started
+    # (killing the run alone left that server running after the tests, one per test run).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 240
     while not (out / JOURNAL_NAME).exists() and proc.poll() is None:  # a patient finished
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = set(load_manifest(out))
     result = triage_flow(str(archive), str(out), models["clf"], models["seg"], 0.99, track=False)
