@@ -187,8 +187,27 @@ def test_hd95_equals_distance_transforms_of_the_whole_volume(seed: int) -> None:
     if seed % 2:  # masks touching the volume's faces, where the crop meets the array's edge
         t[:, 0, :5] = True
         p[-1, -3:, -1] = True
-    sp = (2.5, 0.9, 1.1) if seed % 3 else (1.0, 1.0, 1.0)
+    # Pixels, thick square-pixel slices (per-slice 2-D transforms), non-square pixels (k-d tree).
+    sp = [(1.0, 1.0, 1.0), (3.0, 0.7, 0.7), (2.5, 0.9, 1.1)][seed % 3]
     assert metrics.hd95(t, p, sp) == pytest.approx(_hd95_whole_volume(t, p, sp), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_two_nearest_surface_searches_agree(seed: int) -> None:
+    """The per-slice 2-D transforms (square pixels) give the k-d tree's distances exactly."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 12)), int(rng.integers(4, 60)), int(rng.integers(4, 60)))
+    surface = ndimage.binary_dilation(rng.random(shape) > 0.98) & (rng.random(shape) > 0.5)
+    surface.flat[0] = True  # never empty
+    others = rng.random(shape) > 0.7
+    sp = np.array([float(rng.uniform(0.5, 6.0)), 0.8, 0.8])
+    got = metrics._nearest_by_planes(surface, others, sp)
+    want = metrics._nearest_by_tree(surface, others, sp)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert len(got) == int(others.sum())
+    assert len(metrics._nearest_by_planes(surface, np.zeros(shape, bool), sp)) == 0
 
 
 def test_hd95_and_bootstrap() -> None:

@@ -381,13 +381,10 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
     )
     # Both surfaces depend only on the box around the two masks (plus one background voxel): the
     # erosion sees the same neighbours there as in the whole volume. The surface-to-surface
-    # distances are exact Euclidean nearest-neighbour queries (scipy's k-d tree) between the two
-    # surfaces' voxel centres in `spacing` units: the same figures as distance transforms of the
-    # volume, at a fraction of the work (on a whole LGG patient the transforms took longer than
-    # both models together). A voxel on both surfaces is 0 from each and needs no query: on a
-    # good mask that is a large share of them.
-    from scipy.spatial import cKDTree
-
+    # distances are exact Euclidean nearest-surface distances between voxel centres in `spacing`
+    # units: the same figures as distance transforms of the volume, at a fraction of the work (on
+    # a whole LGG patient the transforms took longer than both models together). A voxel on both
+    # surfaces is 0 from each and needs no query: on a good mask that is a large share of them.
     from pipeline.triage.postprocess import bounding_box
 
     box = bounding_box(t | p, margin=1)
@@ -395,23 +392,49 @@ def hd95(true: Any, pred: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> fl
     st = t_in & ~ndimage.binary_erosion(t_in, border_value=0)
     spr = p_in & ~ndimage.binary_erosion(p_in, border_value=0)
     both = st & spr
-    corner = np.array([b.start for b in box])
-
-    def points(edge: np.ndarray) -> np.ndarray:
-        return (np.argwhere(edge) + corner) * sp
-
-    def nearest(surface: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Distance from each voxel of `others` to the nearest voxel of `surface`."""
-        if not others.any():
-            return np.zeros(0)
-        # Unbalanced, uncompacted: builds in half the time on grid points, same answers.
-        tree = cKDTree(points(surface), balanced_tree=False, compact_nodes=False)
-        return tree.query(points(others))[0]
-
+    # Square pixels (every LGG and most NIfTI slices): per-slice 2-D transforms, the same figures
+    # bit for bit in 0.20-0.22 against 0.35-0.51 ms of CPU a slice for the k-d tree (70 LGG
+    # patients' triage masks).
+    nearest = _nearest_by_planes if sp[1] == sp[2] else _nearest_by_tree
     dist = np.concatenate(
-        [np.zeros(2 * int(both.sum())), nearest(st, spr & ~both), nearest(spr, st & ~both)]
+        [np.zeros(2 * int(both.sum())), nearest(st, spr & ~both, sp), nearest(spr, st & ~both, sp)]
     )
     return float(np.percentile(dist, 95))
+
+
+def _nearest_by_tree(surface: np.ndarray, others: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """Distance from each voxel of `others` to the nearest voxel of `surface` (not empty), in
+    `sp` units: an exact nearest-neighbour query in scipy's k-d tree (any voxel shape)."""
+    from scipy.spatial import cKDTree
+
+    if not others.any():
+        return np.zeros(0)
+    # Unbalanced, uncompacted: builds in half the time on grid points, same answers.
+    tree = cKDTree(np.argwhere(surface) * sp, balanced_tree=False, compact_nodes=False)
+    return np.asarray(tree.query(np.argwhere(others) * sp)[0])
+
+
+def _nearest_by_planes(surface: np.ndarray, others: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """`_nearest_by_tree` for square pixels (`sp[1] == sp[2]`), exactly: each slice's in-plane
+    distances to its surface pixels by OpenCV's exact 2-D transform, then for each voxel the
+    nearest over the slices, sqrt(min over z' of ((z - z') sz)^2 + d_z'(y, x)^2).
+
+    The transform's float32 distances are squared and rounded to the integers they are (squared
+    distances between grid points), so no float32 error reaches the result."""
+    import cv2
+
+    points = np.argwhere(others)
+    if not len(points):
+        return np.zeros(0)
+    planes = np.flatnonzero(surface.any(axis=(1, 2)))
+    zs, ys, xs = points[:, 0], points[:, 1], points[:, 2]
+    best = np.full(len(points), np.inf)  # a running minimum: one row, not planes x points
+    for z in planes:
+        plane = (~surface[z]).view(np.uint8)  # 0 on the surface: distances to it
+        d = cv2.distanceTransform(plane, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[ys, xs]
+        squared = np.rint(d.astype(np.float64) ** 2) * sp[1] ** 2 + ((zs - z) * sp[0]) ** 2
+        np.minimum(best, squared, out=best)
+    return np.sqrt(best)
 
 
 def bootstrap_ci(
