@@ -1,4 +1,6 @@
-"""Evaluation metrics in pure numpy: classification, calibration, triage operating point, Dice/IoU.
+"""Evaluation metrics: classification, calibration, triage operating point, Dice/IoU, HD95.
+
+numpy, with scipy and OpenCV for HD95's surfaces and distances.
 
 Conventions: `y_true` is `(N,)` 0/1 with 1 = tumour slice; `p_tumour` is `(N,)` float in [0, 1]
 (column 1 of the classifier's softmax); `p_normal = 1 - p_tumour` (column 0). The triage rule
