@@ -467,8 +467,9 @@ def _patient_rows(evals: Sequence[PatientEval], keys: bool) -> pd.DataFrame:
 GIVEN_MODELS_FOLD = -1
 
 
-def _fold_label(fold: int | str) -> str:
-    return "given models" if fold == GIVEN_MODELS_FOLD else str(fold)
+def _fold_label(fold: int | str, prefix: str = "") -> str:
+    """How a fold is named: "given models" for `--no-train`'s, else `prefix` and its number."""
+    return "given models" if fold == GIVEN_MODELS_FOLD else f"{prefix}{fold}"
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
@@ -489,8 +490,8 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     else:
         if not (config.classifier and config.segmenter):
             raise ValueError("--no-train needs --classifier and --segmenter model URIs")
-        given = GIVEN_MODELS_FOLD
-        assignment, todo = {str(p): given for p in table["patient"].unique()}, [given]
+        assignment = {str(p): GIVEN_MODELS_FOLD for p in table["patient"].unique()}
+        todo = [GIVEN_MODELS_FOLD]
     params = {
         "mode": "cross-validation" if config.train else "score-models",
         "folds": config.folds if config.train else 0,
@@ -683,8 +684,7 @@ def cli_evaluate(args: Any) -> int:
     print(format_table(result))
     for row in result["folds"]:  # what each fold's models ran on (`--runtime`)
         on = ", ".join(f"{k[8:]} on {v}" for k, v in row.items() if k.startswith("runtime_"))
-        label = _fold_label(row["fold"])
-        print(f"{label if row['fold'] == GIVEN_MODELS_FOLD else 'fold ' + label}: {on}")
+        print(f"{_fold_label(row['fold'], 'fold ')}: {on}")
     print(f"per-patient rows: {result['patients_csv']}\nMLflow run: {result['run_id']}")
     print(
         "held-out gate trade-off per threshold (reading only: the run's threshold was chosen on "
